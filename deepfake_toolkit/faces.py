@@ -1,0 +1,204 @@
+"""Face detection and cropping, around facenet-pytorch's MTCNN.
+
+Detection (:meth:`FaceCropper.detect`) is kept apart from cropping (:meth:`FaceCropper.crop`): the
+detector only finds boxes, and crops are cut from the original image at full resolution, so every
+model applies its own resize afterwards. Crops are never standardised (facenet's
+``post_process``), since that is for its face recogniser, not for our detectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+FaceSelection = Literal["largest", "probable", "all"]
+EdgePolicy = Literal["fit", "pad"]
+NoFacePolicy = Literal["whole", "skip"]
+NO_FACE_POLICIES: tuple[str, ...] = ("whole", "skip")
+
+
+@dataclass(frozen=True)
+class FaceCropConfig:
+    """How faces are found and cut out.
+
+    Args:
+        margin: Context added on each side of the detected box, as a fraction of the box's
+            longer side (0.2 adds 20% of the face size left, right, above and below). Relative,
+            so a face is framed the same way whatever the image resolution.
+        square: Make the crop square (the longer box side plus margins) rather than following
+            the box's aspect ratio.
+        min_face_size: Smallest face, in original-image pixels, that counts as a face.
+        min_prob: Smallest detector probability (0-1) that counts as a face.
+        select: Which face is scored: "largest" (by box area), "probable" (highest detector
+            probability), or "all" (every face is scored and the image gets the highest score).
+        edge: What a crop that runs past the image edge does: "fit" shrinks the margin equally on
+            all sides until the crop fits (the face stays centred; the box itself is clamped as a
+            last resort), "pad" keeps the full margin and fills outside the image with black.
+        detect_max_side: Images whose longer side exceeds this many pixels are downscaled for
+            detection only (boxes are mapped back; crops come from the full image). None turns
+            this off. Faces smaller than about 12 px after downscaling are missed.
+    """
+
+    margin: float = 0.15
+    square: bool = True
+    min_face_size: int = 24
+    min_prob: float = 0.9
+    select: FaceSelection = "largest"
+    edge: EdgePolicy = "fit"
+    detect_max_side: int | None = 1024
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise ValueError("margin must be >= 0")
+        if self.select not in ("largest", "probable", "all"):
+            raise ValueError(f"select must be largest, probable or all, not {self.select!r}")
+        if self.edge not in ("fit", "pad"):
+            raise ValueError(f"edge must be fit or pad, not {self.edge!r}")
+        if not 0.0 <= self.min_prob <= 1.0:
+            raise ValueError("min_prob must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face.
+
+    Attributes:
+        box: Detector box (x1, y1, x2, y2) in original-image pixels.
+        prob: Detector probability.
+    """
+
+    box: tuple[float, float, float, float]
+    prob: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+
+def crop_window(
+    box: tuple[float, float, float, float], image_size: tuple[int, int], config: FaceCropConfig
+) -> tuple[int, int, int, int]:
+    """The crop rectangle (left, top, right, bottom) for a face box, following ``config``.
+
+    With ``edge="pad"`` the rectangle may extend past the image; with ``edge="fit"`` it lies inside.
+    """
+    width, height = image_size
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    box_w, box_h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    if config.square:
+        box_w = box_h = max(box_w, box_h)
+    pad = config.margin * max(box_w, box_h)
+    if config.edge == "fit":
+        # The largest margin that keeps a face-centred crop inside the image, on every side.
+        room = min(min(cx, width - cx) - box_w / 2.0, min(cy, height - cy) - box_h / 2.0)
+        pad = max(0.0, min(pad, room))
+    half_w, half_h = box_w / 2.0 + pad, box_h / 2.0 + pad
+    left, top, right, bottom = cx - half_w, cy - half_h, cx + half_w, cy + half_h
+    if config.edge == "fit":
+        left, top = max(0.0, left), max(0.0, top)
+        right, bottom = min(float(width), right), min(float(height), bottom)
+    return (int(round(left)), int(round(top)), max(int(round(right)), int(round(left)) + 1),
+            max(int(round(bottom)), int(round(top)) + 1))
+
+
+class FaceCropper:
+    """Finds faces with MTCNN and cuts them out of images.
+
+    Args:
+        config: Cropping knobs (see :class:`FaceCropConfig`); keyword overrides may be passed too.
+        device: Where MTCNN runs: "cpu", "cuda" or a :class:`torch.device`.
+        **overrides: Fields of :class:`FaceCropConfig` to change, e.g. ``margin=0.3``.
+
+    Example:
+        >>> cropper = FaceCropper(margin=0.2, select="probable")  # doctest: +SKIP
+        >>> faces = cropper.detect([image])[0]                     # doctest: +SKIP
+        >>> crop = cropper.crop(image, faces[0])                   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        config: FaceCropConfig | None = None,
+        device: str | torch.device = "cpu",
+        **overrides: object,
+    ) -> None:
+        self.config = replace(config or FaceCropConfig(), **overrides)  # type: ignore[arg-type]
+        self.device = torch.device(device)
+        self._mtcnn = None
+
+    def __getstate__(self) -> dict:
+        # The detector networks are rebuilt lazily in each process (e.g. DataLoader workers).
+        return {**self.__dict__, "_mtcnn": None}
+
+    @property
+    def mtcnn(self):
+        if self._mtcnn is None:
+            from facenet_pytorch import MTCNN
+
+            # Filtering by size and probability is done here, on original-image pixels; MTCNN
+            # only needs to look for faces as small as its 12 px network window allows.
+            self._mtcnn = MTCNN(
+                min_face_size=12, post_process=False, select_largest=False, keep_all=True,
+                device=self.device,
+            )
+        return self._mtcnn
+
+    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+        """Find faces in RGB images.
+
+        Images of equal size (after the detection downscale) are run through MTCNN together.
+
+        Returns:
+            For each image, the faces that pass ``min_face_size`` and ``min_prob``, ordered by the
+            ``select`` rule (best first); an empty list when there is none.
+        """
+        results: list[list[Face]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[tuple[int, float, Image.Image]]] = {}
+        for index, image in enumerate(images):
+            scaled, scale = self._detection_image(image)
+            groups.setdefault(scaled.size, []).append((index, scale, scaled))
+        for members in groups.values():
+            batch = [np.asarray(scaled, dtype=np.uint8) for _, _, scaled in members]
+            boxes, probs = self.mtcnn.detect(np.stack(batch))
+            for (index, scale, _), image_boxes, image_probs in zip(members, boxes, probs):
+                results[index] = self._select(image_boxes, image_probs, scale)
+        return results
+
+    def _detection_image(self, image: Image.Image) -> tuple[Image.Image, float]:
+        limit = self.config.detect_max_side
+        longer = max(image.size)
+        if limit is None or longer <= limit:
+            return image, 1.0
+        scale = limit / longer
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BILINEAR), scale
+
+    def _select(self, boxes: object, probs: object, scale: float) -> list[Face]:
+        if boxes is None:
+            return []
+        box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale
+        prob_array = np.asarray(probs, dtype=np.float64).reshape(-1)
+        faces = [
+            Face(box=tuple(float(v) for v in box), prob=float(prob))  # type: ignore[arg-type]
+            for box, prob in zip(box_array, prob_array)
+            if prob >= self.config.min_prob
+            and min(box[2] - box[0], box[3] - box[1]) >= self.config.min_face_size
+        ]
+        if self.config.select == "probable":
+            faces.sort(key=lambda f: f.prob, reverse=True)
+        else:
+            faces.sort(key=lambda f: f.area, reverse=True)
+        return faces
+
+    def crop(self, image: Image.Image, face: Face) -> Image.Image:
+        """Cut ``face`` out of ``image`` at full resolution, with the configured margin and edge."""
+        window = crop_window(face.box, image.size, self.config)
+        return image.crop(window)
+
+    def faces_to_score(self, faces: list[Face]) -> list[Face]:
+        """The faces a run scores: all of them for ``select="all"``, else the best one."""
+        return faces if self.config.select == "all" else faces[:1]

@@ -1,0 +1,257 @@
+"""The model registry: every detector the toolkit knows, by name, and loading one for inference."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .spec import ModelSpec
+from .transforms import ImageTransform
+from .weights import WeightsNotFoundError, find_weight_file
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+SPEC_METADATA_KEY = "deepfake_toolkit.spec"
+"""Key of the safetensors metadata entry that records the spec a weight file was made for."""
+
+
+class WeightsMismatchError(ValueError):
+    """A weight file does not fit its model (keys, shapes, or recorded preprocessing)."""
+
+
+class UnknownModelError(KeyError):
+    """No model of that name is registered; the message lists the names that are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register_model(spec: ModelSpec, replace: bool = False) -> ModelSpec:
+    """Add ``spec`` to the registry.
+
+    Raises:
+        ValueError: A model of that name exists and ``replace`` is False.
+    """
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"a model named '{spec.name}' is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    """Remove a model from the registry (used by tests and plug-ins)."""
+    _REGISTRY.pop(name, None)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of the registered models, "default" first, optionally filtered by a glob pattern.
+
+    Example:
+        >>> list_models("bnext*")  # doctest: +SKIP
+        ['bnext_m_dffd', 'bnext_s_cocofake']
+    """
+    from fnmatch import fnmatch
+
+    names = sorted(_REGISTRY, key=lambda n: (n != "default", n))
+    return [n for n in names if pattern is None or fnmatch(n, pattern)]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` registered as ``name``.
+
+    Raises:
+        UnknownModelError: No such model.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(list_models()) or "none"
+        raise UnknownModelError(f"unknown model '{name}'; known models: {known}") from None
+
+
+def weights_available(name: str, weights_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether every weight file of model ``name`` is present in the weight folders."""
+    spec = get_spec(name)
+    try:
+        for weight in spec.weights:
+            find_weight_file(weight, spec.name, weights_dir)
+    except WeightsNotFoundError:
+        return False
+    return True
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn "auto", "cpu", "cuda" or "cuda:N" into a :class:`torch.device`.
+
+    Raises:
+        ValueError: CUDA was asked for but is not available, or the name is not a device.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{device}': use auto, cpu or cuda") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but this machine has no usable CUDA GPU")
+    return resolved
+
+
+@dataclass
+class Detector:
+    """A model ready for inference: its spec, its module in eval mode, and its device.
+
+    Get one with :func:`load_model`.
+    """
+
+    spec: ModelSpec
+    module: torch.nn.Module
+    device: torch.device
+    weights_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def transform(self) -> ImageTransform:
+        """The spec's image-to-tensor transform (picklable, for DataLoader workers)."""
+        return ImageTransform(self.spec.preprocess)
+
+    @torch.inference_mode()
+    def predict(self, batch: torch.Tensor) -> np.ndarray:
+        """fake_score = P(fake) for a batch of transformed images, shape (N,)."""
+        output = self.module(batch.to(self.device, non_blocking=True))
+        return self.spec.scores_from_output(output).cpu().numpy().astype(np.float64)
+
+    def predict_images(self, images: list) -> np.ndarray:
+        """fake_score for a list of RGB PIL images (no face crop; see the pipeline for that)."""
+        if not images:
+            return np.zeros(0)
+        transform = self.transform
+        return self.predict(torch.stack([transform(image) for image in images]))
+
+
+def load_model(
+    name: str = "default",
+    weights_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+) -> Detector:
+    """Build model ``name`` and load its weights for inference.
+
+    Args:
+        name: Registry name (see :func:`list_models`).
+        weights_dir: Folder searched first for weight files (then $DEEPFAKE_TOOLKIT_WEIGHTS, then
+            the project's weights/).
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        A :class:`Detector` in eval mode on ``device``.
+
+    Raises:
+        UnknownModelError: No such model.
+        WeightsNotFoundError: A weight file is missing (the message says where to get it).
+        WeightsMismatchError: The weight file does not fit the model (missing or unexpected keys, or it
+            records a different preprocessing than the spec).
+    """
+    spec = get_spec(name)
+    path = find_weight_file(spec.weights[0], spec.name, weights_dir)
+    check_recorded_spec(spec, path)
+    module = spec.build()
+    state_dict = spec.load_state_dict(str(path))
+    load_strict(module, state_dict, f"{path} for model '{spec.name}'")
+    resolved = resolve_device(device)
+    module.to(resolved).eval()
+    return Detector(spec=spec, module=module, device=resolved, weights_path=path)
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state_dict`` into ``module`` requiring exactly its keys and shapes.
+
+    Raises:
+        WeightsMismatchError: Listing missing keys, unexpected keys and shape mismatches.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = [f"weights {what} do not fit the model:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("wrong shape", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+                parts.append(f"  {title} keys: {shown}")
+        raise WeightsMismatchError("\n".join(parts))
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+
+
+def recorded_spec(path: str | os.PathLike[str]) -> dict | None:
+    """The spec recorded in a safetensors file's metadata, or None (other formats, or none)."""
+    if not str(path).endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    text = metadata.get(SPEC_METADATA_KEY)
+    return json.loads(text) if text else None
+
+
+def check_recorded_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
+    """Refuse weights whose recorded preprocessing or output convention differs from ``spec``."""
+    recorded = recorded_spec(path)
+    if recorded is None:
+        return
+    expected = spec.describe()
+    for key in ("preprocess", "output", "fake_index"):
+        if key in recorded and recorded[key] != expected[key]:
+            raise WeightsMismatchError(
+                f"{path} was saved for {key}={recorded[key]!r} but model '{spec.name}' uses "
+                f"{key}={expected[key]!r}: these weights belong to another model or version"
+            )
+
+
+def make_readable(path: str | os.PathLike[str]) -> None:
+    """Give a freshly written file the usual permissions (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def save_weights(
+    spec: ModelSpec, state_dict: dict[str, torch.Tensor], path: str | os.PathLike[str],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``state_dict`` as safetensors with ``spec`` recorded in the metadata.
+
+    Args:
+        spec: The model the weights are for (its preprocessing is recorded with them).
+        state_dict: Tensors to save.
+        path: Target file; written to a temporary name first, then renamed.
+        dtype: Cast floating-point tensors to this type (e.g. torch.float16) to save space.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, value in state_dict.items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous()
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(temporary), metadata={SPEC_METADATA_KEY: json.dumps(spec.describe())})
+    make_readable(temporary)
+    os.replace(temporary, path)
+    return path

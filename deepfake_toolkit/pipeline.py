@@ -1,0 +1,342 @@
+"""Batched classification of image files to a result table (see :mod:`deepfake_toolkit.results`).
+
+Decoding and (on the CPU) face cropping run in DataLoader worker processes; inference runs in the
+main process in batches under ``torch.inference_mode``. With several models, each image is decoded
+and cropped once and scored by every model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image
+from .models import Detector, load_model, resolve_device
+from .models.transforms import ImageTransform
+from .results import label_scheme, results_frame, write_csv
+
+ModelArg = str | Detector | Sequence[str | Detector]
+
+
+@dataclass
+class _Item:
+    """One file after the worker stage: its decoded facts and the regions to score."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    error: str = ""
+    image: Image.Image | None = None
+    faces: list[Face] | None = None
+    region: str = ""
+    scored_faces: list[Face | None] = field(default_factory=list)
+    tensors: list[torch.Tensor] = field(default_factory=list)
+
+
+class _FileDataset(Dataset):
+    """Decodes files and, when ``cropper`` is set, finds faces and transforms the crops."""
+
+    def __init__(self, paths: list[Path], transforms: list[ImageTransform],
+                 cropper: FaceCropper | None, detect_here: bool, no_face: NoFacePolicy,
+                 max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None) -> None:
+        self.paths = paths
+        self.perturb = perturb
+        self.transforms = transforms
+        self.cropper = cropper
+        self.detect_here = detect_here
+        self.no_face = no_face
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Item:
+        item = _Item(path=str(self.paths[index]))
+        try:
+            image = load_image(self.paths[index], max_pixels=self.max_pixels)
+        except ImageReadError as exc:
+            item.error = str(exc)
+            return item
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+            item.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
+            return item
+        item.width, item.height = image.size
+        if self.perturb is not None:
+            image = self.perturb(image).convert("RGB")
+        if self.cropper is not None and not self.detect_here:
+            item.image = image
+            return item
+        faces = self.cropper.detect([image])[0] if self.cropper is not None else None
+        prepare_regions(item, image, faces, self.cropper, self.no_face, self.transforms)
+        return item
+
+
+def prepare_regions(item: _Item, image: Image.Image, faces: list[Face] | None,
+                    cropper: FaceCropper | None, no_face: NoFacePolicy,
+                    transforms: list[ImageTransform]) -> None:
+    """Decide what of ``image`` is scored and transform it for every model."""
+    item.faces = faces
+    if cropper is None:
+        item.region, item.scored_faces, regions = "image", [None], [image]
+    elif faces:
+        item.region = "face"
+        item.scored_faces = list(cropper.faces_to_score(faces))
+        regions = [cropper.crop(image, face) for face in item.scored_faces]
+    elif no_face == "whole":
+        item.region, item.scored_faces, regions = "image", [None], [image]
+    else:
+        item.region, item.scored_faces, regions = "", [], []
+    item.tensors = [torch.stack([t(r) for r in regions]) if regions else torch.empty(0)
+                    for t in transforms]
+    item.image = None
+
+
+def _keep_list(batch: list[_Item]) -> list[_Item]:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    # Workers share the machine's cores with inference: one thread each avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+def _as_detectors(model: ModelArg, weights_dir: str | os.PathLike[str] | None,
+                  device: str | torch.device) -> list[Detector]:
+    models = [model] if isinstance(model, (str, Detector)) else list(model)
+    if not models:
+        raise ValueError("no model given")
+    detectors = []
+    for entry in models:
+        detectors.append(entry if isinstance(entry, Detector)
+                         else load_model(entry, weights_dir=weights_dir, device=device))
+    return detectors
+
+
+def default_workers(n_files: int, batch_size: int) -> int:
+    """Worker processes for decoding: none for small jobs, else up to the CPU count (max 4)."""
+    if n_files <= batch_size:
+        return 0
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def classify_files(
+    files: Sequence[str | os.PathLike[str]],
+    model: ModelArg = "default",
+    face_crop: bool = True,
+    *,
+    no_face: NoFacePolicy = "whole",
+    face_config: FaceCropConfig | None = None,
+    threshold: float | None = None,
+    bands: bool = False,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    num_workers: int | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    perturb: Callable[[Image.Image], Image.Image] | None = None,
+    output_csv: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[pd.DataFrame], None] | None = None,
+) -> pd.DataFrame:
+    """Score image files with one or more models.
+
+    Args:
+        files: Image files, scored in this order.
+        model: A registry name, a loaded :class:`~deepfake_toolkit.models.Detector`, or a list of
+            them (one row per file and model).
+        face_crop: Score the face crop (True) or the whole image (False).
+        no_face: With face cropping, what to do when no face is found: "whole" scores the whole
+            image, "skip" records the file with label "no face" and no score.
+        face_config: Face-crop knobs (margin, square, min_face_size, min_prob, select, edge).
+        threshold: Label "fake" when fake_score >= threshold, else "real". None uses the model's
+            operating threshold when its spec has one, else the five score bands.
+        bands: Use the five bands even when the model has an operating threshold.
+        batch_size: Images per inference batch.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        num_workers: Decoding processes; None picks one from the job size and CPU count.
+        weights_dir: Folder searched first for weight files.
+        max_pixels: Refuse images larger than this (decompression-bomb guard).
+        perturb: Applied to every decoded image before face detection (e.g. JPEG re-compression
+            for robustness tests); must be picklable when workers are used. ``width`` and
+            ``height`` stay those of the file.
+        output_csv: Also write the table here (atomically, formula cells neutralised).
+        progress: Show a progress bar (tqdm; renders in Jupyter too).
+        stop: Set this event to stop after the current batch; the rows done so far are returned
+            and ``frame.attrs["stopped"]`` is True.
+        on_batch: Called with the rows of each finished batch (for live displays).
+
+    Returns:
+        A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
+        "seconds", "images_per_second" and "stopped".
+    """
+    if no_face not in NO_FACE_POLICIES:
+        raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    paths = [Path(f).expanduser() for f in files]
+    resolved = resolve_device(device)
+    detectors = _as_detectors(model, weights_dir, resolved)
+    schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
+
+    unique: list[ImageTransform] = []
+    transform_index: list[int] = []
+    for detector in detectors:
+        preprocess = detector.spec.preprocess
+        known = [t.preprocess for t in unique]
+        if preprocess not in known:
+            unique.append(detector.transform)
+            known.append(preprocess)
+        transform_index.append(known.index(preprocess))
+
+    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+    detect_in_workers = cropper is not None and resolved.type == "cpu"
+    workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
+    dataset = _FileDataset(paths, unique, cropper, detect_here=cropper is None or detect_in_workers,
+                           no_face=no_face, max_pixels=max_pixels, perturb=perturb)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_keep_list, worker_init_fn=_worker_init if workers else None,
+                        persistent_workers=False)
+
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    stopped = False
+    bar = _progress_bar(len(paths), detectors, progress)
+    try:
+        for batch in loader:
+            if cropper is not None and not detect_in_workers:
+                _detect_in_main(batch, cropper, no_face, unique)
+            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
+                                      no_face, batch_size)
+            rows.extend(batch_rows)
+            bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(results_frame(batch_rows))
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    frame = results_frame(rows)
+    n_done = len(rows) // len(detectors)
+    frame.attrs.update(seconds=seconds, stopped=stopped,
+                       images_per_second=n_done / seconds if seconds > 0 else math.nan)
+    if output_csv is not None:
+        write_csv(frame, output_csv)
+    return frame
+
+
+def classify_directory(
+    path: str | os.PathLike[str],
+    model: ModelArg = "default",
+    face_crop: bool = True,
+    *,
+    recursive: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """Score every image in a folder; one row per file (and model).
+
+    Args:
+        path: Folder of images (searched recursively unless ``recursive=False``; hidden files
+            skipped).
+        model: Registry name, loaded detector, or a list of them.
+        face_crop: Score face crops (True) or whole images (False).
+        recursive: Include sub-folders.
+        **options: Everything :func:`classify_files` takes (threshold, no_face, batch_size,
+            device, output_csv, ...).
+
+    Returns:
+        The result table (see :data:`deepfake_toolkit.results.COLUMNS`).
+
+    Raises:
+        NotADirectoryError: ``path`` is missing or not a folder.
+
+    Example:
+        >>> from deepfake_toolkit import classify_directory   # doctest: +SKIP
+        >>> table = classify_directory("~/case-images", output_csv="scores.csv")  # doctest: +SKIP
+    """
+    files = find_images(path, recursive=recursive)
+    return classify_files(files, model=model, face_crop=face_crop, **options)
+
+
+def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
+    from tqdm.auto import tqdm
+
+    names = ", ".join(d.name for d in detectors)
+    return tqdm(total=total, desc=f"Classifying ({names})", unit="img", disable=not enabled,
+                dynamic_ncols=True)
+
+
+def _detect_in_main(batch: list[_Item], cropper: FaceCropper, no_face: NoFacePolicy,
+                    transforms: list[ImageTransform]) -> None:
+    decoded = [item for item in batch if item.image is not None]
+    detections = cropper.detect([item.image for item in decoded]) if decoded else []
+    for item, faces in zip(decoded, detections):
+        prepare_regions(item, item.image, faces, cropper, no_face, transforms)
+
+
+def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index: list[int],
+                 schemes: list, face_crop: bool, no_face: NoFacePolicy,
+                 batch_size: int) -> list[dict[str, Any]]:
+    rows = []
+    for detector, t_index, scheme in zip(detectors, transform_index, schemes):
+        stacks = [item.tensors[t_index] for item in batch if item.tensors and
+                  item.tensors[t_index].numel()]
+        scores = np.zeros(0)
+        if stacks:
+            everything = torch.cat(stacks)
+            scores = np.concatenate([detector.predict(everything[i:i + batch_size])
+                                     for i in range(0, len(everything), batch_size)])
+        offset = 0
+        for item in batch:
+            count = len(item.scored_faces) if item.tensors and item.tensors[t_index].numel() else 0
+            item_scores = scores[offset:offset + count]
+            offset += count
+            rows.append(_row(item, detector.name, item_scores, scheme, face_crop, no_face))
+    return rows
+
+
+def _row(item: _Item, model_name: str, scores: np.ndarray, scheme, face_crop: bool,
+         no_face: NoFacePolicy) -> dict[str, Any]:
+    faces = item.faces or []
+    best_face: Face | None = None
+    score = math.nan
+    if len(scores):
+        best = int(np.argmax(scores))
+        score = float(scores[best])
+        best_face = item.scored_faces[best]
+    if item.error:
+        label = "error"
+    elif not len(scores):
+        label = "no face"
+    else:
+        label = scheme(score)
+    return {
+        "path": item.path,
+        "model": model_name,
+        "fake_score": score,
+        "label": label,
+        "region": item.region if not item.error else "",
+        "face_crop": face_crop,
+        "no_face_policy": no_face if face_crop else "",
+        "face_found": bool(faces),
+        "n_faces": len(faces) if face_crop and not item.error else 0,
+        "face_box": tuple(round(v, 1) for v in best_face.box) if best_face else None,
+        "face_prob": best_face.prob if best_face else math.nan,
+        "width": item.width,
+        "height": item.height,
+        "error": item.error,
+    }

@@ -1,0 +1,225 @@
+"""The one result schema: the columns of a classification table, its labels and its CSV form.
+
+Every model reports ``fake_score`` = P(fake) in [0, 1]. A label is derived from the score either by
+the five bands of the original system (mirrored onto fake_score) or by a single threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .models.registry import make_readable
+
+COLUMNS: tuple[str, ...] = (
+    "path",
+    "model",
+    "fake_score",
+    "label",
+    "region",
+    "face_crop",
+    "no_face_policy",
+    "face_found",
+    "n_faces",
+    "face_box",
+    "face_prob",
+    "width",
+    "height",
+    "error",
+)
+"""Columns of every result table, in order:
+
+- ``path``: the image file.
+- ``model``: registry name of the model that scored it.
+- ``fake_score``: P(fake) in [0, 1]; empty when the image was not scored.
+- ``label``: verdict from the score (see :class:`Bands` and :class:`Threshold`), "no face" when
+  skipped by the no-face policy, "error" when the file could not be read.
+- ``region``: what was scored: "face", "image" (the whole image) or "" (nothing).
+- ``face_crop``: whether face cropping was on for the run.
+- ``no_face_policy``: what the run did with images without a face: "whole" or "skip"
+  ("" when face cropping was off).
+- ``face_found``: whether a face was detected (False when face cropping was off).
+- ``n_faces``: faces detected above the probability threshold.
+- ``face_box``: (x1, y1, x2, y2) in original-image pixels of the scored face, or None.
+- ``face_prob``: detector probability of that face, or empty.
+- ``width``, ``height``: image size after EXIF orientation.
+- ``error``: why the file could not be read, or "".
+"""
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote."""
+
+_TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error")
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The original system's five labels, on fake_score.
+
+    fake_score > 0.8 "likely fake", > 0.6 "weakly fake", > 0.4 "uncertain", > 0.2 "weakly real",
+    else "likely real" (the original's bands on P(real) < 0.2, < 0.4, ... mirrored).
+    """
+
+    def __call__(self, fake_score: float) -> str:
+        if fake_score > 0.8:
+            return "likely fake"
+        if fake_score > 0.6:
+            return "weakly fake"
+        if fake_score > 0.4:
+            return "uncertain"
+        if fake_score > 0.2:
+            return "weakly real"
+        return "likely real"
+
+    def describe(self) -> str:
+        return "bands"
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Two labels: "fake" when fake_score >= ``value``, else "real"."""
+
+    value: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.value <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.value}")
+
+    def __call__(self, fake_score: float) -> str:
+        return "fake" if fake_score >= self.value else "real"
+
+    def describe(self) -> str:
+        return f"threshold {self.value:g}"
+
+
+LabelScheme = Bands | Threshold
+FAKE_LABELS = frozenset({"fake", "likely fake", "weakly fake"})
+"""Labels that count as a fake verdict in summaries."""
+
+
+def label_scheme(threshold: float | None, model_threshold: float | None = None,
+                 bands: bool = False) -> LabelScheme:
+    """Choose the label scheme for a run.
+
+    Args:
+        threshold: A threshold the user asked for; wins over everything else.
+        model_threshold: The model's operating threshold from its spec, used when the user gave
+            none.
+        bands: Use the five bands even when the model has an operating threshold.
+    """
+    if threshold is not None:
+        return Threshold(float(threshold))
+    if model_threshold is not None and not bands:
+        return Threshold(float(model_threshold))
+    return Bands()
+
+
+def empty_results() -> pd.DataFrame:
+    """A result table with no rows and the schema's columns."""
+    return pd.DataFrame({column: pd.Series(dtype=object) for column in COLUMNS})
+
+
+def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Build a result table from row dicts, with the schema's columns and dtypes."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    if frame.empty:
+        return empty_results()
+    frame["fake_score"] = pd.to_numeric(frame["fake_score"], errors="coerce").astype("float64")
+    frame["face_prob"] = pd.to_numeric(frame["face_prob"], errors="coerce").astype("float64")
+    for column in ("n_faces", "width", "height"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in ("face_crop", "face_found"):
+        frame[column] = frame[column].astype(bool)
+    for column in _TEXT_COLUMNS:
+        frame[column] = frame[column].fillna("").astype(str)
+    return frame
+
+
+def _neutralise(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def _restore(text: str) -> str:
+    if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES):
+        return text[1:]
+    return text
+
+
+def _box_to_text(box: Any) -> str:
+    if box is None or (isinstance(box, float) and math.isnan(box)):
+        return ""
+    return json.dumps([round(float(v), 1) for v in box])
+
+
+def _box_from_text(text: Any) -> tuple[float, ...] | None:
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return tuple(float(v) for v in json.loads(text))
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a result table to CSV atomically, with formula-like text cells neutralised.
+
+    The file is written to a temporary name in the target folder and renamed into place, so a
+    reader never sees half a file. Text cells that a spreadsheet would run as a formula (starting
+    with =, +, -, @, tab or carriage return) get a leading apostrophe; :func:`read_csv` removes it.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = frame.copy()
+    for column in out.columns:
+        if column == "face_box":
+            out[column] = out[column].map(_box_to_text)
+        elif out[column].dtype == object:
+            out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+            out.to_csv(stream, index=False)
+        make_readable(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a result CSV written by :func:`write_csv` back into a result table."""
+    frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False,
+                        na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
+                                   "width": [""], "height": [""]})
+    for column in frame.columns:
+        if frame[column].dtype == object and column != "face_box":
+            frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
+    if "face_box" in frame:
+        frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
+    for column in ("face_crop", "face_found"):
+        if column in frame:
+            frame[column] = frame[column].map(
+                lambda v: str(v).strip().lower() == "true").astype(bool)
+    for column in ("n_faces", "width", "height"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def summary(frame: pd.DataFrame) -> dict[str, int]:
+    """Counts for a closing line: files, scored, fakes (by label), no-face skips, errors."""
+    return {
+        "files": int(len(frame)),
+        "scored": int(frame["fake_score"].notna().sum()),
+        "fakes": int(frame["label"].isin(FAKE_LABELS).sum()),
+        "no_face": int((frame["label"] == "no face").sum()),
+        "errors": int((frame["error"] != "").sum()),
+    }
