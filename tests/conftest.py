@@ -1,0 +1,59 @@
+"""Shared fixtures: offline settings, generated images and checkpoints the tests build themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+torch.manual_seed(0)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-train"
+"""The labelled training images beside the project (absent on a user's machine)."""
+
+
+def needs_shared_data() -> pytest.MarkDecorator:
+    """Skip marker for tests that read ../shared/data/faces-train."""
+    return pytest.mark.skipif(not SHARED_DATA.is_dir(),
+                              reason=f"labelled face data not found at {SHARED_DATA}")
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    """A real, public-domain photo with one face (scikit-image's astronaut, NASA)."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def no_face_image() -> Image.Image:
+    """A real photo with no face in it (scikit-image's coffee cup)."""
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+@pytest.fixture(scope="session")
+def random_default_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a randomly initialised checkpoint of the default model, saved by the
+    toolkit's own writer (so the real loading code is exercised)."""
+    from deepfake_toolkit.models import get_spec, save_weights
+
+    folder = tmp_path_factory.mktemp("weights")
+    spec = get_spec("default")
+    torch.manual_seed(0)
+    save_weights(spec, spec.build().state_dict(), folder / spec.weights[0].filename)
+    return folder
+
+
+@pytest.fixture()
+def rgb_noise() -> Image.Image:
+    """A small random RGB image."""
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
