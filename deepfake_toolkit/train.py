@@ -433,7 +433,7 @@ class TrainConfig:
     epochs: int = 6
     steps_per_epoch: int | None = None
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-2
     val_fraction: float = 0.2
     patience: int = 2
@@ -624,7 +624,7 @@ def train(
             loss.backward()
             optimiser.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         scores = _score(module, spec, val_loader, device)
         auc = binary_metrics(val_part.label.to_numpy(), scores, 0.5).get("auc", float("nan"))
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": auc,
@@ -666,6 +666,16 @@ def _balanced_weights(frame: pd.DataFrame) -> np.ndarray:
         for _, part in by_label.groupby("source"):
             weights[frame.index.get_indexer(part.index)] = 1.0 / (n_sources * len(part))
     return weights
+
+
+def read_groups(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read a groups CSV (columns ``path``, relative to the data root, and ``group``)."""
+    frame = pd.read_csv(path, dtype=str)
+    missing = {"path", "group"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path} needs the columns path and group (missing: "
+                         f"{', '.join(sorted(missing))})")
+    return dict(zip(frame["path"], frame["group"]))
 
 
 def config_as_dict(config: TrainConfig) -> dict[str, Any]:
