@@ -164,8 +164,9 @@ re-enactment, or a fully generated face) and writes one CSV row per image and mo
 {models_table}
 
 `all` runs every model whose weights are installed and says in the result which were
-skipped. Get missing weights with the toolkit's `deepfake-toolkit models` command, which
-names each file and where to download it.
+skipped. Choosing a model whose weights are missing answers with the file it needs, the
+folders searched and where to download it; `deepfake-toolkit models` lists which are
+installed on the server's machine.
 
 ## Limits
 A score is evidence to weigh, never proof. Detectors learn the generators they were
