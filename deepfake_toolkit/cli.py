@@ -106,7 +106,59 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [_add_classify, _add_models]
+def _add_serve(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "serve", help="serve the detector to the RescueBox desktop client (Flask-ML)",
+        description="Serve the detector over HTTP with the Flask-ML protocol, so the RescueBox "
+                    "desktop client can register it by host and port and score folders. The "
+                    "server reads any folder a request names: keep it on 127.0.0.1 unless every "
+                    "machine that can reach it may read this machine's files.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to run the models (default: auto = CUDA when available)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per inference batch (default: 32)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="decoding processes per request (default: chosen from the job size)")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    if not 0 < args.port < 65536:
+        raise UsageError("--port must lie between 1 and 65535")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    try:
+        from .server import DetectorService, create_server
+    except ImportError as exc:
+        raise UsageError(f"the server needs Flask-ML ({exc}): install it with "
+                         "pip install 'deepfake-toolkit[server]'") from None
+    try:
+        service = DetectorService(weights_dir=args.weights_dir, device=args.device,
+                                  batch_size=args.batch_size, num_workers=args.workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this port can have the "
+              "server read any folder this account can read.", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = create_server(service)
+    print(f"Serving the deepfake detector on http://{args.host}:{args.port} (device "
+          f"{service.device}). In RescueBox Desktop, register a model with host {args.host} and "
+          f"port {args.port}. Press Ctrl+C to stop.", flush=True)
+    # No .env loading: it could change the working folder of a server that reads user paths.
+    server.run(host=args.host, port=args.port, load_dotenv=False, threaded=True)
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
+    _add_classify, _add_models, _add_serve]
 """Functions that add a subcommand and return the function that runs it."""
 
 
