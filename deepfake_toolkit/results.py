@@ -180,7 +180,7 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     for column in out.columns:
         if column == "face_box":
             out[column] = out[column].map(_box_to_text)
-        elif out[column].dtype == object:
+        elif pd.api.types.is_object_dtype(out[column]) or pd.api.types.is_string_dtype(out[column]):
             out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -200,7 +200,9 @@ def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
     for column in frame.columns:
-        if frame[column].dtype == object and column != "face_box":
+        text_column = (pd.api.types.is_object_dtype(frame[column])
+                       or pd.api.types.is_string_dtype(frame[column]))
+        if text_column and column != "face_box":
             frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
