@@ -121,7 +121,11 @@ _NUMERIC_EVALUATION_COLUMNS = ("jpeg_quality", "file_bytes", "calibrated_score",
 LabelsArg = str | os.PathLike[str] | pd.DataFrame
 CONFOUND_WARN_AT = 0.7
 """A nuisance feature whose AUC alone is at least this far from chance (>= 0.7 or <= 0.3) is
-reported as a confound."""
+reported as a confound (when the difference is also unlikely to be chance, see
+:data:`CONFOUND_MAX_P`)."""
+CONFOUND_MAX_P = 0.01
+"""Largest Mann-Whitney p-value at which a nuisance feature is flagged, so that a handful of
+images differing by chance raise no alarm."""
 
 
 class LabelError(ValueError):
@@ -669,14 +673,21 @@ def robustness_table(per_image: pd.DataFrame) -> pd.DataFrame:
 # Confound check
 
 
-def _feature_auc(y_true: np.ndarray, values: np.ndarray) -> float:
+def _feature_auc(y_true: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """AUC of a feature at telling fake from real, and the two-sided Mann-Whitney p-value of
+    the difference (NaNs when a class has no value)."""
+    from scipy.stats import mannwhitneyu
     from sklearn.metrics import roc_auc_score
 
     keep = ~np.isnan(values)
     y_true, values = y_true[keep], values[keep]
     if not two_classes(y_true):
-        return math.nan
-    return float(roc_auc_score(y_true, values))
+        return math.nan, math.nan
+    auc = float(roc_auc_score(y_true, values))
+    if np.ptp(values) == 0:
+        return auc, 1.0
+    p_value = mannwhitneyu(values[y_true == 1], values[y_true == 0]).pvalue
+    return auc, float(p_value)
 
 
 def _format_shares(formats: pd.Series) -> str:
@@ -688,11 +699,12 @@ def _median_text(values: pd.Series, unit: str, scale: float = 1.0) -> str:
     values = values.dropna()
     if values.empty:
         return "-"
-    return f"median {values.median() / scale:,.0f}{unit}"
+    median = values.median() / scale
+    return f"median {median:,.0f}{unit}" if abs(median) >= 100 else f"median {median:.3g}{unit}"
 
 
-def confound_check(per_image: pd.DataFrame,
-                   warn_at: float = CONFOUND_WARN_AT) -> pd.DataFrame:
+def confound_check(per_image: pd.DataFrame, warn_at: float = CONFOUND_WARN_AT,
+                   max_p: float = CONFOUND_MAX_P) -> pd.DataFrame:
     """Check whether real and fake images differ in things a detector should not care about.
 
     A detector can learn the file format or the image size instead of the fake. For each
@@ -700,15 +712,18 @@ def confound_check(per_image: pd.DataFrame,
     bytes per pixel - the ROC AUC of the feature *alone* at telling fake from real is computed
     (for the format, each format's in-sample share of fakes serves as its score). An AUC near 0.5
     means the classes look alike; far from it (>= ``warn_at`` or <= 1 - ``warn_at``) means a
-    model could score well on this set without looking at faces at all.
+    model could score well on this set without looking at faces at all. A feature is flagged
+    only when the difference is also unlikely to be chance (Mann-Whitney p-value < ``max_p``),
+    so a few images cannot raise an alarm on their own.
 
     Args:
         per_image: A per-image table (only unperturbed rows and one model's copy are used).
         warn_at: Separability, max(AUC, 1 - AUC), from which a feature is flagged.
+        max_p: Largest p-value at which a feature is flagged.
 
     Returns:
-        One row per (subset, feature): subset, feature, auc, separability, real, fake (short
-        summaries of each class), confounded (bool).
+        One row per (subset, feature): subset, feature, auc, separability, p_value, real, fake
+        (short summaries of each class), confounded (bool).
     """
     clean = per_image
     if "perturbation" in per_image:
@@ -740,13 +755,14 @@ def confound_check(per_image: pd.DataFrame,
              _ratio_text((size / pixels)[~is_fake]), _ratio_text((size / pixels)[is_fake])),
         ]
         for name, values, real_text, fake_text in features:
-            auc = _feature_auc(y_true, values)
+            auc, p_value = _feature_auc(y_true, values)
             separability = max(auc, 1 - auc) if not math.isnan(auc) else math.nan
             rows.append({"subset": subset, "feature": name, "auc": auc,
-                         "separability": separability, "real": real_text, "fake": fake_text,
-                         "confounded": bool(separability >= warn_at)})
-    return pd.DataFrame(rows, columns=["subset", "feature", "auc", "separability", "real", "fake",
-                                       "confounded"])
+                         "separability": separability, "p_value": p_value, "real": real_text,
+                         "fake": fake_text,
+                         "confounded": bool(separability >= warn_at and p_value < max_p)})
+    return pd.DataFrame(rows, columns=["subset", "feature", "auc", "separability", "p_value",
+                                       "real", "fake", "confounded"])
 
 
 def _numeric_column(table: pd.DataFrame, column: str) -> pd.Series:
