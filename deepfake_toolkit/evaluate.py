@@ -887,7 +887,8 @@ class Evaluation:
             worst = perturbed.sort_values("auc_drop", ascending=False).drop_duplicates("model")
             for row in worst.itertuples(index=False):
                 lines.append(f"{row.model}: largest AUC drop {_fmt(row.auc_drop)} under "
-                             f"{row.perturbation}")
+                             f"{row.perturbation}" if row.auc_drop > 0 else
+                             f"{row.model}: no AUC drop under any perturbation")
         lines.extend(f"warning: {text}" for text in self.warnings)
         lines.extend(f"note: {text}" for text in self.notes)
         return "\n".join(lines)

@@ -105,12 +105,13 @@ def report_html(evaluation: Evaluation, title: str = "Deepfake detector evaluati
             meta.append(f"{key.replace('_', ' ')}: {settings[key]}")
     overall = evaluation.overall
     summary = overall[[c for c in SUMMARY_COLUMNS if c in overall]]
+    nan = float("nan")
     points = pd.DataFrame([{"model": p.model, "rule": p.describe(), "fitted on": p.fitted_on,
                             "fitted on real/fake": f"{p.n_real}/{p.n_fake}" if p.n_real else "",
                             "temperature": p.calibration.temperature
-                            if p.calibration and p.calibration.method == "temperature" else None,
-                            "slope": p.calibration.slope if p.calibration else None,
-                            "intercept": p.calibration.intercept if p.calibration else None}
+                            if p.calibration and p.calibration.method == "temperature" else nan,
+                            "slope": p.calibration.slope if p.calibration else nan,
+                            "intercept": p.calibration.intercept if p.calibration else nan}
                            for p in evaluation.operating_points.values()])
     figures = evaluation.figures()
     parts = [
@@ -133,7 +134,7 @@ def report_html(evaluation: Evaluation, title: str = "Deepfake detector evaluati
         parts += [f"<h2>{html.escape(figure.layout.title.text or name)}</h2>",
                   f'<p class="caption">{html.escape(FIGURE_TEXT.get(name, ""))}</p>',
                   figure.to_html(full_html=False, include_plotlyjs=False,
-                                 config={"displaylogo": False})]
+                                 default_height="480px", config={"displaylogo": False})]
     per_subset = evaluation.metrics[evaluation.metrics["subset"] != ALL_IMAGES]
     if len(per_subset):
         columns = ["model", "subset", "other_class_from_all",
