@@ -198,9 +198,16 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a result CSV written by :func:`write_csv` back into a result table."""
-    frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False,
+def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a result CSV written by :func:`write_csv` back into a result table.
+
+    Args:
+        path: The CSV file.
+        text_columns: Columns beyond the schema's to read as text (so that "007" or "" stay as
+            written instead of becoming numbers or missing values).
+    """
+    text = {c: str for c in (*_TEXT_COLUMNS, *text_columns)}
+    frame = pd.read_csv(path, dtype=text, keep_default_na=False,
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
     for column in frame.columns:
