@@ -32,7 +32,7 @@ from deepfake_toolkit.server import (
     DetectorService,
     create_server,
 )
-from serve_with_extra_model import (
+from .serve_with_extra_model import (
     UNWEIGHTED_FILE,
     UNWEIGHTED_MODEL,
     UNWEIGHTED_URL,
