@@ -8,8 +8,8 @@ import functools
 import os
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -281,8 +281,8 @@ def test_import_converts_the_checkpoint_to_safetensors_with_the_same_outputs(
 
 def test_checkpoint_of_another_size_is_refused_with_its_backbone_named(
         tmp_path: Path, lightning_attribute_dict: type) -> None:
-    path = write_lightning_checkpoint(tmp_path / "dffd_T_unfrozen.ckpt", trained_like_bnext_t(),
-                                      lightning_attribute_dict, backbone="BNext-S")
+    write_lightning_checkpoint(tmp_path / "dffd_T_unfrozen.ckpt", trained_like_bnext_t(),
+                               lightning_attribute_dict, backbone="BNext-S")
     with pytest.raises(WeightsMismatchError, match="BNext-S"):
         load_model("bnext_t_dffd", weights_dir=tmp_path, device="cpu")
 

@@ -353,7 +353,7 @@ def lbp_channel(grey: torch.Tensor, points: int = LBP_POINTS,
     rows = torch.arange(height, dtype=torch.float64, device=image.device)
     cols = torch.arange(width, dtype=torch.float64, device=image.device)
     bits = []
-    for row_offset, col_offset in zip(row_offsets.tolist(), col_offsets.tolist()):
+    for row_offset, col_offset in zip(row_offsets.tolist(), col_offsets.tolist(), strict=True):
         r = rows + row_offset
         c = cols + col_offset
         r_low, r_high, c_low, c_high = r.floor(), r.ceil(), c.floor(), c.ceil()
@@ -464,7 +464,7 @@ def load_bnext_weights(path: str, size: BNextSize) -> dict[str, torch.Tensor]:
 
 
 def _check_hyper_parameters(path: str, hyper_parameters: dict, size: BNextSize) -> None:
-    """Refuse checkpoints whose recorded training setup differs from the model they are loaded as."""
+    """Refuse checkpoints whose recorded training setup differs from the model loading them."""
     backbone = hyper_parameters.get("backbone")
     if backbone is not None and backbone != f"BNext-{size}":
         raise WeightsMismatchError(

@@ -1,9 +1,10 @@
 """The two ViT-B/16 deepfake classifiers of the original system, run through timm.
 
-Both are Hugging Face ``ViTForImageClassification`` models: ``dima806/deepfake_vs_real_image_detection``
-("TransformerDima" in RescueBox) and ``prithivMLmods/Deep-Fake-Detector-Model`` at revision e44d16a
-("Transformer", a re-upload of the same training run). timm's ``vit_base_patch16_224`` has the same
-computation; :func:`convert_transformers_vit` renames the keys and fuses query/key/value.
+Both are Hugging Face ``ViTForImageClassification`` models:
+``dima806/deepfake_vs_real_image_detection`` ("TransformerDima" in RescueBox) and
+``prithivMLmods/Deep-Fake-Detector-Model`` at revision e44d16a ("Transformer", a re-upload of the
+same training run). timm's ``vit_base_patch16_224`` computes the same function;
+:func:`convert_transformers_vit` renames the keys and fuses query/key/value.
 """
 
 from __future__ import annotations
@@ -148,13 +149,14 @@ def _vit_instructions(name: str, repository: str, revision: str, folder: str,
     revision_option = "" if revision == "main" else f" --revision {revision}"
     return (
         f"The file is model.safetensors (about 343 MB) of the Hugging Face repository "
-        f"{repository}{revision_note}. Both ViT repositories name their file model.safetensors, so the toolkit "
-        f"looks for it under a model-specific name: either save it as {name}.safetensors in one "
-        f"of those folders, or keep the Hub's layout as {folder}/model.safetensors inside one "
-        f"(e.g. 'huggingface-cli download {repository} model.safetensors{revision_option} --local-dir "
-        f"weights/{folder}'), or run 'deepfake-toolkit weights import model.safetensors "
-        f"--model {name}', which checks it and installs {name}.safetensors (timm layout). A "
-        "pytorch_model.bin of the same model can be imported the same way.")
+        f"{repository}{revision_note}. Both ViT repositories name their file model.safetensors, "
+        f"so the toolkit looks for it under a model-specific name: either save it as "
+        f"{name}.safetensors in one of those folders, or keep the Hub's layout as "
+        f"{folder}/model.safetensors inside one (e.g. 'huggingface-cli download {repository} "
+        f"model.safetensors{revision_option} --local-dir weights/{folder}'), or run "
+        f"'deepfake-toolkit weights import model.safetensors --model {name}', which checks it "
+        f"and installs {name}.safetensors (timm layout). A pytorch_model.bin of the same model "
+        "can be imported the same way.")
 
 
 def vit_spec(name: str, repository: str, revision: str, folder: str, description: str,
