@@ -133,6 +133,20 @@ def test_extra_channels_match_opencv_and_scikit_image(index: int) -> None:
     assert (ours[..., 0][~signal] <= FFT_NOISE_FLOOR + FFT_TOLERANCE).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_extra_channels_on_cuda_match_the_reference() -> None:
+    images = _test_images()[:7]
+    batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2)
+    ours = extra_channels(batch.cuda())
+    assert ours.is_cuda
+    ours = ours.cpu().permute(0, 2, 3, 1).numpy()
+    for index, image in enumerate(images):
+        expected = reference_extra_channels(image.astype(np.float32) / 255)
+        np.testing.assert_array_equal(ours[index, ..., 1], expected[..., 1])
+        signal = expected[..., 0] > FFT_NOISE_FLOOR
+        assert np.abs(ours[index, ..., 0] - expected[..., 0])[signal].max() <= FFT_TOLERANCE
+
+
 def test_channels_are_batched_and_independent_of_batch_neighbours() -> None:
     images = [image[:96, :112] for image in _test_images()[2:6]]
     batch = torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2)
@@ -367,3 +381,47 @@ def test_classify_with_the_authors_file_dropped_in(
                  "-o", str(output)]) == 0
     scores = pd.read_csv(output)
     assert len(scores) == 2 and scores["fake_score"].between(0, 1).all()
+
+
+def test_checkpoint_written_by_real_lightning_loads_restricted(tmp_path: Path) -> None:
+    """A checkpoint written by PyTorch Lightning itself (trainer, optimizer, scheduler and
+    ModelCheckpoint state, save_hyperparameters as in BNext4DFR) loads as it is."""
+    lightning = pytest.importorskip("lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class LightningBNext(BNextDeepfakeDetector, lightning.LightningModule):
+        def __init__(self, num_classes: int = 2, backbone: str = "BNext-T",
+                     freeze_backbone: bool = False, add_magnitude_channel: bool = False,
+                     add_fft_channel: bool = True, add_lbp_channel: bool = True,
+                     learning_rate: float = 1e-4, pos_weight: float = 1.0) -> None:
+            super().__init__(backbone[-1])
+            self.save_hyperparameters()
+
+        def training_step(self, batch: list[torch.Tensor], index: int) -> torch.Tensor:
+            images, is_real = batch
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self(images)[:, 0],
+                                                                        is_real)
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> tuple[list, list]:
+            optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate)
+            return [optimizer], [torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, 0.1, 5)]
+
+    torch.manual_seed(0)
+    module = LightningBNext()
+    folder = tmp_path / "weights"
+    checkpoints = lightning.pytorch.callbacks.ModelCheckpoint(
+        dirpath=folder, filename="dffd_T_unfrozen", monitor="train_loss", mode="min")
+    trainer = lightning.Trainer(max_steps=1, logger=False, enable_progress_bar=False,
+                                enable_model_summary=False, default_root_dir=tmp_path,
+                                callbacks=[checkpoints], accelerator="cpu")
+    data = TensorDataset(torch.rand(2, 3, 64, 64), torch.tensor([0.0, 1.0]))
+    trainer.fit(module, DataLoader(data, batch_size=2))
+    assert (folder / "dffd_T_unfrozen.ckpt").is_file()
+
+    detector = load_model("bnext_t_dffd", weights_dir=folder, device="cpu")
+    batch = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(detector.module(batch), module.eval()(batch), rtol=0,
+                                   atol=1e-6)
