@@ -183,8 +183,206 @@ def _run_weights_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "serve", help="serve the detector to the RescueBox desktop client (Flask-ML)",
+        description="Serve the detector over HTTP with the Flask-ML protocol, so the RescueBox "
+                    "desktop client can register it by host and port and score folders. The "
+                    "server reads any folder a request names: keep it on 127.0.0.1 unless every "
+                    "machine that can reach it may read this machine's files.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to run the models (default: auto = CUDA when available)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per inference batch (default: 32)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="decoding processes per request (default: chosen from the job size)")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+    return _run_serve
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    if not 0 < args.port < 65536:
+        raise UsageError("--port must lie between 1 and 65535")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    try:
+        from .server import DetectorService, create_server
+    except ImportError as exc:
+        raise UsageError(f"the server needs Flask-ML ({exc}): install it with "
+                         "pip install 'deepfake-toolkit[server]'") from None
+    try:
+        service = DetectorService(weights_dir=args.weights_dir, device=args.device,
+                                  batch_size=args.batch_size, num_workers=args.workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: anyone who can reach this port can have the "
+              "server read any folder this account can read.", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = create_server(service)
+    print(f"Serving the deepfake detector on http://{args.host}:{args.port} (device "
+          f"{service.device}). In RescueBox Desktop, register a model with host {args.host} and "
+          f"port {args.port}. Press Ctrl+C to stop.", flush=True)
+    # No .env loading: it could change the working folder of a server that reads user paths.
+    server.run(host=args.host, port=args.port, load_dotenv=False, threaded=True)
+def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "evaluate", help="measure and compare models on labelled images, with an HTML report",
+        description="Score labelled images with one or more models and report ROC AUC, AP, EER, "
+                    "TPR at 1%% and 5%% FPR, verdict metrics at a threshold, calibration and "
+                    "(optionally) robustness, overall and per subset. Fake is the positive "
+                    "class. Writes per_image.csv, metrics.csv/json, operating_points.json and "
+                    "report.html to the report folder.")
+    parser.add_argument("directory", metavar="DIR", nargs="?",
+                        help="folder of labelled images (not needed with --from-csv)")
+    parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
+                        help="model to evaluate (repeat to compare several; default: default)")
+    parser.add_argument("--labels", default="folder", metavar="folder|prefix|FILE.csv",
+                        help="where true labels come from: folder = folders named real/fake or "
+                             "0_real/1_fake at any depth, other folders becoming subsets "
+                             "(default); prefix = the original's rule, file names starting "
+                             "with F are fake; or a CSV with columns path,label[,subset]")
+    parser.add_argument("--report", metavar="OUTDIR", default="deepfake_evaluation",
+                        help="folder for the report files (default: deepfake_evaluation)")
+    parser.add_argument("--from-csv", metavar="PER_IMAGE.csv",
+                        help="rebuild the report from a per_image.csv of an earlier run "
+                             "instead of scoring images")
+    threshold = parser.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, metavar="T",
+                           help="call an image fake when its score >= T (default: the model's "
+                                "own operating threshold, else 0.5)")
+    threshold.add_argument("--fpr", type=float, metavar="RATE",
+                           help="choose each model's threshold as the one catching the most "
+                                "fakes while calling at most RATE of the reals fake (e.g. 0.05)")
+    threshold.add_argument("--max-balanced", action="store_true",
+                           help="choose each model's threshold by maximum balanced accuracy")
+    threshold.add_argument("--operating-points", metavar="FILE.json",
+                           help="apply thresholds and calibrations saved by an earlier run "
+                                "(its operating_points.json)")
+    parser.add_argument("--calibrate", choices=["temperature", "platt"],
+                        help="fit a score calibration (before choosing the threshold)")
+    parser.add_argument("--tune-on", metavar="DIR|PER_IMAGE.csv",
+                        help="labelled folder (or per_image.csv) to fit --fpr, --max-balanced "
+                             "and --calibrate on (default: the evaluated images themselves, "
+                             "which flatters the verdict metrics)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also score under JPEG quality 95/75/50/30, blur sigma 1/2/3 and "
+                             "downscaling by 1/2 and 1/4, applied to both classes (10x the work)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--no-face-crop", action="store_true",
+                        help="score whole images instead of face crops")
+    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
+                        help="with face crop, what to do when no face is found: score the whole "
+                             "image (default) or leave the file out of the metrics")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to run (default: auto = CUDA when available)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per inference batch (default: 32)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="decoding processes (default: chosen from the job size)")
+    parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return _run_evaluate
+
+
+def _check_evaluate_args(args: argparse.Namespace) -> None:
+    if args.from_csv and args.directory:
+        raise UsageError("give either DIR (to score images) or --from-csv, not both")
+    if not args.from_csv and not args.directory:
+        raise UsageError("give a folder of labelled images, or --from-csv PER_IMAGE.csv")
+    if args.from_csv and args.robustness:
+        raise UsageError("--robustness needs images to perturb; the robustness rows of an "
+                         "earlier run are in its per_image.csv already")
+    if args.directory and not Path(args.directory).expanduser().is_dir():
+        raise UsageError(f"{args.directory} is not a folder")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must lie between 0 and 1")
+    if args.fpr is not None and not 0.0 < args.fpr < 1.0:
+        raise UsageError("--fpr must lie between 0 and 1 (e.g. 0.05 for 5%)")
+    if args.operating_points and args.calibrate:
+        raise UsageError("--operating-points already holds the calibration; drop --calibrate")
+    if args.tune_on and not (args.fpr is not None or args.max_balanced or args.calibrate):
+        raise UsageError("--tune-on needs something to fit: --fpr, --max-balanced or --calibrate")
+    if args.tune_on and not Path(args.tune_on).expanduser().exists():
+        raise UsageError(f"--tune-on: {args.tune_on} does not exist")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.bootstrap < 0:
+        raise UsageError("--bootstrap must be 0 or more")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from . import evaluate
+    from .models import get_spec
+    from .perturbations import ROBUSTNESS_SUITE
+
+    _check_evaluate_args(args)
+    for name in args.models or []:
+        get_spec(name)
+    classify_options = dict(no_face=args.no_face, batch_size=args.batch_size,
+                            device=args.device, num_workers=args.workers,
+                            weights_dir=args.weights_dir, progress=not args.quiet)
+    rule = "fpr" if args.fpr is not None else "balanced_accuracy" if args.max_balanced \
+        else "fixed"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            points_file = (evaluate.load_operating_points(args.operating_points)
+                           if args.operating_points else None)
+            if args.from_csv:
+                per_image = evaluate.read_per_image(args.from_csv)
+                models = args.models or list(dict.fromkeys(per_image["model"]))
+                per_image = per_image[per_image["model"].isin(models)]
+                if per_image.empty:
+                    raise UsageError(f"{args.from_csv} has no rows for {', '.join(models)}")
+                settings = {"root": str(args.from_csv), "labels": "from per-image CSV"}
+            else:
+                models = args.models or ["default"]
+                labelled = evaluate.label_files(args.directory, args.labels,
+                                                recursive=not args.no_recursive)
+                perturbations = ROBUSTNESS_SUITE if args.robustness else ()
+                per_image = evaluate.score_labelled(
+                    labelled, models, not args.no_face_crop, perturbations=perturbations,
+                    **classify_options)
+                settings = {"root": str(args.directory), "labels": str(args.labels),
+                            "face_crop": not args.no_face_crop,
+                            "perturbations": [p.name for p in perturbations]}
+            points, notes = evaluate.resolve_operating_points(
+                per_image, operating_points=points_file,
+                tune_on=args.tune_on, tune_labels=args.labels if args.labels in
+                ("folder", "prefix") else "folder", threshold_rule=rule,
+                threshold=args.threshold, target_fpr=args.fpr if args.fpr is not None else 0.05,
+                calibration=args.calibrate, model=models, face_crop=not args.no_face_crop,
+                recursive=not args.no_recursive, **classify_options)
+        except (evaluate.LabelError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+        result = evaluate.evaluate_table(per_image, points, n_bootstrap=args.bootstrap,
+                                         seed=args.seed, notes=notes, settings=settings)
+        written = result.write(args.report)
+    for warning in caught:
+        if not issubclass(warning.category, evaluate.ConfoundWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    print(result.summary())
+    print(f"wrote {written['report']}, {written['metrics_json'].name}, "
+          f"{written['metrics_csv'].name}, {written['per_image'].name} and "
+          f"{written['operating_points'].name} in {Path(args.report)}")
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_weights]
+    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve]
 """Functions that add a subcommand and return the function that runs it."""
 
 

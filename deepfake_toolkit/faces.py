@@ -43,7 +43,7 @@ class FaceCropConfig:
             this off. Faces smaller than about 12 px after downscaling are missed.
     """
 
-    margin: float = 0.15
+    margin: float = 0.1
     square: bool = True
     min_face_size: int = 24
     min_prob: float = 0.9

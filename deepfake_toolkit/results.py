@@ -142,6 +142,10 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _is_text(column: pd.Series) -> bool:
+    return column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
+
+
 def _neutralise(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_PREFIXES) else text
 
@@ -180,7 +184,7 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     for column in out.columns:
         if column == "face_box":
             out[column] = out[column].map(_box_to_text)
-        elif out[column].dtype == object:
+        elif _is_text(out[column]):
             out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -194,13 +198,20 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a result CSV written by :func:`write_csv` back into a result table."""
-    frame = pd.read_csv(path, dtype={c: str for c in _TEXT_COLUMNS}, keep_default_na=False,
+def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a result CSV written by :func:`write_csv` back into a result table.
+
+    Args:
+        path: The CSV file.
+        text_columns: Columns beyond the schema's to read as text (so that "007" or "" stay as
+            written instead of becoming numbers or missing values).
+    """
+    text = {c: str for c in (*_TEXT_COLUMNS, *text_columns)}
+    frame = pd.read_csv(path, dtype=text, keep_default_na=False,
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
     for column in frame.columns:
-        if frame[column].dtype == object and column != "face_box":
+        if _is_text(frame[column]) and column != "face_box":
             frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)

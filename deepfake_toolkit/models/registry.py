@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -161,7 +162,10 @@ def load_model(
     """
     spec = get_spec(name)
     path = find_weight_file(spec.weights[0], spec.name, weights_dir)
-    check_recorded_spec(spec, path)
+    recorded = check_recorded_spec(spec, path)
+    if recorded and recorded.get("threshold") is not None:
+        # The operating threshold was chosen with these weights, so it travels with them.
+        spec = dataclasses.replace(spec, threshold=float(recorded["threshold"]))
     module = spec.build()
     state_dict = spec.load_state_dict(str(path))
     load_strict(module, state_dict, f"{path} for model '{spec.name}'")
@@ -207,11 +211,15 @@ def recorded_spec(path: str | os.PathLike[str]) -> dict | None:
     return json.loads(text) if text else None
 
 
-def check_recorded_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
-    """Refuse weights whose recorded preprocessing or output convention differs from ``spec``."""
+def check_recorded_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> dict | None:
+    """Refuse weights whose recorded preprocessing or output convention differs from ``spec``.
+
+    Returns:
+        The recorded spec (None when the file records none).
+    """
     recorded = recorded_spec(path)
     if recorded is None:
-        return
+        return None
     expected = spec.describe()
     for key in ("preprocess", "output", "fake_index"):
         if key in recorded and recorded[key] != expected[key]:
@@ -219,6 +227,7 @@ def check_recorded_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> None:
                 f"{path} was saved for {key}={recorded[key]!r} but model '{spec.name}' uses "
                 f"{key}={expected[key]!r}: these weights belong to another model or version"
             )
+    return recorded
 
 
 def make_readable(path: str | os.PathLike[str]) -> None:

@@ -1,0 +1,409 @@
+"""A Flask-ML server that lets the RescueBox desktop client score folders of images.
+
+The desktop client registers a server by host and port, reads ``GET /api/routes``,
+``GET /api/app_metadata`` and ``GET /predict/task_schema``, and then sends
+``POST /predict`` with ``{"inputs": {...}, "parameters": {...}}``. The task scores every image
+in ``input_dataset`` with :func:`deepfake_toolkit.pipeline.classify_files` (the same pipeline as
+the command line), writes the result table as a CSV with a new, unique name into the
+``output_file`` folder, and answers with that CSV as a file response.
+
+The ML function, :meth:`DetectorService.predict`, is a plain ``(inputs, parameters) -> response``
+function over Flask-ML's pydantic types, so serving it from RescueBox's in-process plugin API
+(rb-lib) only changes the imports and the registration call.
+
+Example:
+    >>> from deepfake_toolkit.server import DetectorService, create_server  # doctest: +SKIP
+    >>> create_server(DetectorService(device="cpu")).run(port=5000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import TypedDict
+
+import torch
+from flask_ml.flask_ml_server import MLServer
+from flask_ml.flask_ml_server.errors import BadRequestError
+from flask_ml.flask_ml_server.models import (
+    DirectoryInput,
+    EnumParameterDescriptor,
+    EnumVal,
+    FileResponse,
+    FileType,
+    InputSchema,
+    InputType,
+    ParameterSchema,
+    ResponseBody,
+    TaskSchema,
+    TextParameterDescriptor,
+)
+
+from .images import IMAGE_EXTENSIONS, find_images
+from .models import (
+    Detector,
+    UnknownModelError,
+    WeightFile,
+    WeightsFileError,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    get_spec,
+    list_models,
+    load_model,
+    resolve_device,
+    weights_available,
+)
+from .models.weights import find_weight_file
+from .pipeline import classify_files
+from .results import summary
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "Image Deepfake Detector (deepfake_toolkit)"
+TASK_RULE = "/predict"
+ALL_MODELS = "all"
+"""The ``models`` value that runs every registered model whose weights are present."""
+
+OUTPUT_PREFIX = "deepfake_scores"
+"""Start of every CSV name the server writes (then a timestamp and a random suffix)."""
+
+_TRUE_WORDS = ("true", "yes", "1")
+_FALSE_WORDS = ("false", "no", "0")
+
+
+class Inputs(TypedDict):
+    """The task's inputs: the folder to score and the folder the CSV goes into."""
+
+    input_dataset: DirectoryInput
+    output_file: DirectoryInput
+
+
+class Parameters(TypedDict):
+    """The task's parameters, as the client sends them (all strings)."""
+
+    models: str
+    facecrop: str
+    threshold: str
+
+
+def create_task_schema() -> TaskSchema:
+    """The ``/predict`` task as the desktop client draws it: two folders, three parameters.
+
+    The ``models`` choices are read from the registry each time, so models registered after
+    start-up appear too.
+    """
+    model_choices = [EnumVal(key=name, label=f"{name}: {get_spec(name).description}")
+                     for name in list_models()]
+    model_choices.append(EnumVal(key=ALL_MODELS,
+                                 label="all: every model whose weights are installed"))
+    return TaskSchema(
+        inputs=[
+            InputSchema(key="input_dataset", label="Folder of images to score",
+                        subtitle="Sub-folders are included; the files are only read.",
+                        input_type=InputType.DIRECTORY),
+            InputSchema(key="output_file", label="Folder for the results CSV",
+                        subtitle=f"A new file named {OUTPUT_PREFIX}_<time>_<id>.csv is written "
+                                 "here; nothing else is changed.",
+                        input_type=InputType.DIRECTORY),
+        ],
+        parameters=[
+            ParameterSchema(
+                key="models", label="Model",
+                subtitle="Which detector scores the images ('all' runs every installed one).",
+                value=EnumParameterDescriptor(enum_vals=model_choices, default=list_models()[0],
+                                              message_when_empty="No models are registered.")),
+            ParameterSchema(
+                key="facecrop", label="Score the face crop (true) or the whole image (false)",
+                subtitle="With true, images without a detected face are scored whole.",
+                value=EnumParameterDescriptor(
+                    enum_vals=[EnumVal(key="true", label="true"),
+                               EnumVal(key="false", label="false")],
+                    default="true")),
+            ParameterSchema(
+                key="threshold", label="Fake threshold (optional)",
+                subtitle="Empty: five score bands. A number between 0 and 1: label 'fake' when "
+                         "fake_score >= it, else 'real'.",
+                value=TextParameterDescriptor(default="")),
+        ],
+    )
+
+
+def app_info_markdown(weights_dir: str | os.PathLike[str] | None = None) -> str:
+    """The info page the desktop client shows for this server (markdown).
+
+    Args:
+        weights_dir: Folder searched first for weight files, to say which models are installed.
+    """
+    rows = []
+    for name in list_models():
+        installed = "yes" if weights_available(name, weights_dir) else "no"
+        rows.append(f"| `{name}` | {get_spec(name).description} | {installed} |")
+    models_table = "\n".join(["| Model | What it is | Weights installed |",
+                              "|---|---|---|", *rows])
+    return f"""# Image deepfake detector
+
+Scores every image in a folder for signs of being a deepfake (face swap, face
+re-enactment, or a fully generated face) and writes one CSV row per image and model.
+
+## What the numbers mean
+- **fake_score** is the model's probability that the image is fake, from 0 to 1, for
+  every model. Higher means "more likely fake". It is not comparable between models
+  without calibration on your own data.
+- **label** turns the score into words. By default the five bands of the original
+  RescueBox tool are used: above 0.8 *likely fake*, above 0.6 *weakly fake*, above 0.4
+  *uncertain*, above 0.2 *weakly real*, else *likely real*. With a threshold, the label
+  is *fake* when fake_score is at least the threshold, else *real*. *no face* and
+  *error* mark files that were not scored; the `error` column says why.
+- With face crop on, the detected face (plus a margin) is scored, and `face_box` gives
+  where it is; images without a face are scored whole (`region` = image).
+
+## Models
+{models_table}
+
+`all` runs every model whose weights are installed and says in the result which were
+skipped. Choosing a model whose weights are missing answers with the file it needs, the
+folders searched and where to download it; `deepfake-toolkit models` lists which are
+installed on the server's machine.
+
+## Limits
+A score is evidence to weigh, never proof. Detectors learn the generators they were
+trained on and can miss new ones; recompression, resizing, screenshots, filters and
+low resolution move scores in both directions; real photos can score high. Confirm
+any finding by other means (source, metadata, context, an expert) before acting on it.
+
+## Files
+The input folder is only read. The CSV is written into the output folder under a new
+name (`{OUTPUT_PREFIX}_<time>_<id>.csv`) and never overwrites another file.
+"""
+
+
+class DetectorService:
+    """The state behind the task: settings, loaded models, and the lock that queues runs.
+
+    Each model is loaded once per device and reused by later requests. Runs are queued, one at a
+    time: a run already keeps every core (decoding workers plus inference threads) or the GPU
+    busy, so two at once would only compete for them, and forking decoding workers while another
+    run's inference threads are active is unsafe. Checking a request happens before the queue, so
+    a bad request is answered at once.
+
+    Args:
+        weights_dir: Folder searched first for weight files (then $DEEPFAKE_TOOLKIT_WEIGHTS, then
+            the project's weights/ folder).
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        batch_size: Images per inference batch.
+        num_workers: Decoding processes per run; None picks one from the job size.
+    """
+
+    def __init__(self, weights_dir: str | os.PathLike[str] | None = None,
+                 device: str | torch.device = "auto", batch_size: int = 32,
+                 num_workers: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.weights_dir = weights_dir
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self._detectors: dict[tuple[str, str], Detector] = {}
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    def detector(self, name: str) -> Detector:
+        """Model ``name`` on this service's device, loaded on first use and then reused.
+
+        Raises:
+            UnknownModelError: No such model.
+            WeightsNotFoundError: Its weight file is missing.
+            WeightsMismatchError: Its weight file does not fit the model.
+            WeightsFileError: Its weight file cannot be read, or was refused as unsafe.
+        """
+        key = (name, str(self.device))
+        with self._load_lock:
+            if key not in self._detectors:
+                logger.info("loading model %s on %s", name, self.device)
+                self._detectors[key] = load_model(name, weights_dir=self.weights_dir,
+                                                  device=self.device)
+            return self._detectors[key]
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether model ``name`` is already loaded on this service's device."""
+        return (name, str(self.device)) in self._detectors
+
+    def predict(self, inputs: Inputs, parameters: Parameters) -> ResponseBody:
+        """Score every image in ``input_dataset`` and write the CSV into ``output_file``.
+
+        Args:
+            inputs: ``input_dataset`` (folder of images, searched recursively) and ``output_file``
+                (existing folder the CSV is written into).
+            parameters: ``models`` (a registered name or "all"), ``facecrop`` ("true"/"false")
+                and ``threshold`` ("" for the score bands, else a number in [0, 1]).
+
+        Returns:
+            A CSV file response; its subtitle counts the results and names skipped models.
+
+        Raises:
+            BadRequestError: The request cannot be run as given; the message says why and what
+                to do (Flask-ML answers it with HTTP 400).
+        """
+        input_folder = _existing_folder(inputs["input_dataset"].path, "input_dataset",
+                                        "folder of images")
+        output_folder = _existing_folder(inputs["output_file"].path, "output_file",
+                                         "folder for the results CSV")
+        if not os.access(output_folder, os.W_OK | os.X_OK):
+            raise BadRequestError(f"The output folder {output_folder} is not writable by the "
+                                  "server: choose a folder you can write to.")
+        face_crop = _parse_facecrop(parameters["facecrop"])
+        threshold = _parse_threshold(parameters["threshold"])
+        names, skipped = self._choose_models(parameters["models"])
+        files = find_images(input_folder, recursive=True)
+        if not files:
+            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise BadRequestError(
+                f"No image files found in {input_folder} or its sub-folders (looked for "
+                f"{extensions}; hidden files are ignored). Choose the folder that holds the "
+                "images.")
+        detectors = [self._load_for_request(name) for name in names]
+
+        output_csv = output_folder / unique_output_name()
+        with self._run_lock:
+            logger.info("scoring %d files in %s with %s (face crop %s)", len(files),
+                        input_folder, ", ".join(names), face_crop)
+            frame = classify_files(files, model=detectors, face_crop=face_crop,
+                                   threshold=threshold, batch_size=self.batch_size,
+                                   device=self.device, num_workers=self.num_workers,
+                                   output_csv=output_csv, progress=False)
+        counts = summary(frame)
+        subtitle = (f"{len(files)} images; models: {', '.join(names)}; {counts['scored']} "
+                    f"scores, {counts['fakes']} labelled fake, {counts['errors']} unreadable.")
+        if skipped:
+            subtitle += " Skipped: " + "; ".join(f"{name} ({why})"
+                                                 for name, why in skipped.items())
+        logger.info("wrote %s: %s", output_csv, subtitle)
+        return ResponseBody(root=FileResponse(file_type=FileType.CSV, path=str(output_csv),
+                                              title=f"Deepfake scores: {output_csv.name}",
+                                              subtitle=subtitle))
+
+    def _choose_models(self, requested: object) -> tuple[list[str], dict[str, str]]:
+        """The models a ``models`` parameter selects, and the skipped ones with the reason."""
+        known = list_models()
+        if not isinstance(requested, str) or requested.strip() not in [*known, ALL_MODELS]:
+            raise BadRequestError(f"Unknown model {requested!r}. Choose one of: "
+                                  f"{', '.join([*known, ALL_MODELS])}.")
+        requested = requested.strip()
+        if requested != ALL_MODELS:
+            self._require_weights(requested)
+            return [requested], {}
+        chosen: list[str] = []
+        skipped: dict[str, str] = {}
+        messages: list[str] = []
+        for name in known:
+            missing = self._missing_weights(name)
+            if missing is None:
+                chosen.append(name)
+                continue
+            weight, message = missing
+            skipped[name] = f"weights not installed: {' or '.join(weight.accepted_names)}" + (
+                f", download from {weight.url}" if weight.url else "")
+            messages.append(message)
+        if not chosen:
+            raise BadRequestError("No model has its weights installed, so 'all' has nothing to "
+                                  "run.\n\n" + "\n\n".join(messages))
+        return chosen, skipped
+
+    def _require_weights(self, name: str) -> None:
+        missing = self._missing_weights(name)
+        if missing is not None:
+            raise BadRequestError(missing[1])
+
+    def _missing_weights(self, name: str) -> tuple[WeightFile, str] | None:
+        """None when model ``name`` can run, else its first missing weight file and a message
+        saying where it was looked for and where to get it."""
+        if self.is_loaded(name):
+            return None
+        for weight in get_spec(name).weights:
+            try:
+                find_weight_file(weight, name, self.weights_dir)
+            except WeightsNotFoundError as exc:
+                return weight, str(exc)
+        return None
+
+    def _load_for_request(self, name: str) -> Detector:
+        try:
+            return self.detector(name)
+        except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
+                WeightsFileError) as exc:
+            raise BadRequestError(str(exc)) from None
+
+
+def unique_output_name(now: datetime | None = None) -> str:
+    """A CSV file name no other request gets: prefix, local time, and 12 random hex digits."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{OUTPUT_PREFIX}_{stamp}_{uuid.uuid4().hex[:12]}.csv"
+
+
+def _existing_folder(raw_path: str, key: str, what: str) -> Path:
+    if not raw_path.strip():
+        raise BadRequestError(f"No {what} given ({key} is empty): choose a folder.")
+    folder = Path(raw_path).expanduser()
+    if not folder.is_absolute():
+        raise BadRequestError(
+            f"The {what} '{raw_path}' ({key}) is not a full path: give it from the top, e.g. "
+            "/home/me/case/images or C:\\case\\images.")
+    if not folder.exists():
+        raise BadRequestError(f"The {what} {folder} ({key}) does not exist: check the path or "
+                              "create the folder first.")
+    if not folder.is_dir():
+        raise BadRequestError(f"The {what} {folder} ({key}) is a file, not a folder: choose "
+                              "the folder instead.")
+    return folder
+
+
+def _parse_facecrop(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise BadRequestError(f"facecrop must be 'true' or 'false', not {value!r}.")
+
+
+def _parse_threshold(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        value = str(value).lower()
+    try:
+        threshold = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 <= threshold <= 1.0:
+        raise BadRequestError(f"threshold must be empty (five score bands) or a number between "
+                              f"0 and 1, not {value!r}.")
+    return threshold
+
+
+def create_server(service: DetectorService | None = None) -> MLServer:
+    """A Flask-ML server with the app metadata and the ``/predict`` task.
+
+    Args:
+        service: The detector service that runs the task (default: one on the default device,
+            with the default weight folders).
+
+    Returns:
+        The server; ``server.app`` is the Flask app (for a test client or a WSGI server) and
+        ``server.run(host, port)`` serves it.
+    """
+    from . import __version__
+
+    service = service or DetectorService()
+    server = MLServer(__name__)
+    server.add_app_metadata(name=APP_NAME, author="deepfake_toolkit contributors",
+                            version=__version__, info=app_info_markdown(service.weights_dir))
+    server.route(TASK_RULE, task_schema_func=create_task_schema,
+                 short_title="Deepfake detection", order=0)(service.predict)
+    return server

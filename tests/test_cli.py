@@ -1,0 +1,82 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from deepfake_toolkit import __version__, read_csv
+
+
+def run_cli(*args, env_extra=None, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "deepfake_toolkit", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_classify_writes_one_row_per_file_with_summary(tmp_path, random_default_weights,
+                                                       astronaut):
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    astronaut.save(folder / "face.jpg")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "nested" / "flat.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    out = tmp_path / "out.csv"
+    result = run_cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "3 files, 2 scored" in result.stdout and "1 errors" in result.stdout
+    assert "images/s" in result.stdout
+    table = read_csv(out)
+    assert len(table) == 3 and (table["error"] != "").sum() == 1
+
+    top = run_cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
+                  "--quiet", "--no-recursive", "--no-face-crop", "--threshold", "0.5")
+    assert top.returncode == 0, top.stderr
+    table = read_csv(out)
+    assert len(table) == 2 and set(table["label"]) <= {"fake", "real", "error"}
+    assert set(table["region"]) <= {"image", ""}
+
+
+def test_classify_errors_exit_2_with_a_message(tmp_path, random_default_weights):
+    missing = run_cli("classify", tmp_path / "nope")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    unknown = run_cli("classify", tmp_path, "-m", "no_such_model")
+    assert unknown.returncode == 2 and "unknown model 'no_such_model'" in unknown.stderr
+    assert "default" in unknown.stderr
+    bad_threshold = run_cli("classify", tmp_path, "--threshold", "3")
+    assert bad_threshold.returncode == 2 and "between 0 and 1" in bad_threshold.stderr
+
+
+def test_missing_weights_exit_2_naming_file_and_folders(tmp_path, monkeypatch, capsys):
+    from deepfake_toolkit import cli
+    from deepfake_toolkit.models import weights
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(weights, "PROJECT_WEIGHTS", empty)
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    status = cli.main(["classify", str(tmp_path), "-o", str(tmp_path / "o.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "deepfake_toolkit_default.safetensors" in err and str(empty) in err
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_models_lists_weights_state(random_default_weights):
+    present = run_cli("models", "--weights-dir", random_default_weights)
+    assert present.returncode == 0
+    line = next(l for l in present.stdout.splitlines() if l.startswith("default "))
+    assert "weights present" in line
+
+
+def test_no_command_prints_help():
+    result = run_cli()
+    assert result.returncode == 2 and "classify" in result.stdout

@@ -1,0 +1,96 @@
+import pytest
+from PIL import Image
+
+from deepfake_toolkit.faces import Face, FaceCropConfig, FaceCropper, crop_window
+
+
+@pytest.fixture(scope="module")
+def cropper():
+    return FaceCropper()
+
+
+def test_astronaut_face_is_found_where_it_is(cropper, astronaut):
+    faces = cropper.detect([astronaut])[0]
+    assert len(faces) == 1
+    x1, y1, x2, y2 = faces[0].box
+    # Eileen Collins' face lies roughly in x 170-260, y 50-160 of the 512 px photo.
+    assert 150 < x1 < 200 and 230 < x2 < 290 and 20 < y1 < 90 and 130 < y2 < 190
+    assert faces[0].prob > 0.99
+
+
+def test_no_face_gives_empty_list(cropper, no_face_image):
+    assert cropper.detect([no_face_image]) == [[]]
+
+
+def test_batched_detection_matches_single_and_handles_mixed_sizes(cropper, astronaut,
+                                                                  no_face_image):
+    small = astronaut.resize((256, 256))
+    batch = cropper.detect([astronaut, no_face_image, small, astronaut])
+    assert [len(f) for f in batch] == [1, 0, 1, 1]
+    assert batch[0][0].box == pytest.approx(batch[3][0].box)
+    assert batch[2][0].box == pytest.approx([v / 2 for v in batch[0][0].box], abs=4)
+
+
+def test_large_images_are_detected_downscaled_and_boxes_mapped_back(cropper, astronaut):
+    big = astronaut.resize((2048, 2048))
+    face = cropper.detect([big])[0][0]
+    # Detection ran on the 1024 px version; its boxes come back in 2048 px coordinates.
+    reference = FaceCropper(detect_max_side=None).detect([big.resize((1024, 1024))])[0][0]
+    assert face.box == pytest.approx([v * 2 for v in reference.box], abs=4)
+    assert 600 < face.box[0] < 800
+
+
+def test_min_face_size_and_probability_filter(astronaut):
+    assert FaceCropper(min_face_size=200).detect([astronaut]) == [[]]
+    assert len(FaceCropper(min_prob=0.5).detect([astronaut])[0]) == 1
+
+
+def test_crop_is_cut_from_full_resolution_with_relative_margin(cropper, astronaut):
+    face = cropper.detect([astronaut])[0][0]
+    crop = FaceCropper(margin=0.2).crop(astronaut, face)
+    side = max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    assert crop.width == crop.height
+    assert crop.width == pytest.approx(side * 1.4, abs=2)
+
+
+def test_fit_shrinks_margin_symmetrically_at_edges():
+    config = FaceCropConfig(margin=0.5, edge="fit")
+    left, top, right, bottom = crop_window((10, 40, 60, 90), (200, 200), config)
+    assert (left, top) == (0, 30) and (right, bottom) == (70, 100)
+    assert crop_window((-10, -10, 110, 110), (100, 100), config) == (0, 0, 100, 100)
+
+
+def test_pad_keeps_full_margin_and_fills_black(astronaut):
+    config = FaceCropConfig(margin=0.5, edge="pad")
+    window = crop_window((0, 0, 100, 100), (512, 512), config)
+    assert window == (-50, -50, 150, 150)
+    crop = FaceCropper(config).crop(astronaut, Face(box=(0, 0, 100, 100), prob=1.0))
+    assert crop.size == (200, 200) and crop.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_non_square_crop_follows_box():
+    config = FaceCropConfig(margin=0.0, square=False)
+    assert crop_window((10, 10, 30, 70), (100, 100), config) == (10, 10, 30, 70)
+
+
+def test_selection_rules(astronaut):
+    small_certain = Face(box=(0, 0, 30, 30), prob=0.999)
+    large_less = Face(box=(0, 0, 90, 90), prob=0.95)
+    import numpy as np
+
+    boxes = np.array([small_certain.box, large_less.box])
+    probs = np.array([small_certain.prob, large_less.prob])
+    largest = FaceCropper(select="largest")._select(boxes, probs, 1.0)
+    probable = FaceCropper(select="probable")._select(boxes, probs, 1.0)
+    assert largest[0] == large_less and probable[0] == small_certain
+    assert len(FaceCropper(select="all").faces_to_score(largest)) == 2
+    assert len(FaceCropper(select="largest").faces_to_score(largest)) == 1
+
+
+def test_invalid_config_is_refused():
+    with pytest.raises(ValueError, match="select"):
+        FaceCropConfig(select="first")
+    with pytest.raises(ValueError, match="edge"):
+        FaceCropConfig(edge="wrap")
+    with pytest.raises(ValueError, match="margin"):
+        FaceCropConfig(margin=-1)

@@ -1,0 +1,79 @@
+import math
+import os
+
+import pandas as pd
+import pytest
+
+from deepfake_toolkit.results import COLUMNS, Bands, Threshold, label_scheme, read_csv, \
+    results_frame, summary, write_csv
+
+
+def _rows():
+    return [
+        {"path": "/data/=SUM(A1).jpg", "model": "default", "fake_score": 0.93, "label": "fake",
+         "region": "face", "face_crop": True, "no_face_policy": "whole", "face_found": True,
+         "n_faces": 2, "face_box": (1.5, 2.0, 30.25, 40.0), "face_prob": 0.998, "width": 64,
+         "height": 48, "error": ""},
+        {"path": "/data/broken, \"quoted\".jpg", "model": "default", "fake_score": math.nan,
+         "label": "error", "region": "", "face_crop": True, "no_face_policy": "whole",
+         "face_found": False, "n_faces": 0, "face_box": None, "face_prob": math.nan,
+         "width": None, "height": None, "error": "-cannot decode image: @bad"},
+    ]
+
+
+def test_csv_round_trip_keeps_values_and_types(tmp_path):
+    frame = results_frame(_rows())
+    path = write_csv(frame, tmp_path / "out" / "scores.csv")
+    back = read_csv(path)
+    assert list(back.columns) == list(COLUMNS)
+    assert back["path"].tolist() == frame["path"].tolist()
+    assert back["error"].tolist() == frame["error"].tolist()
+    assert back["face_box"][0] == (1.5, 2.0, 30.2, 40.0) or back["face_box"][0] == pytest.approx(
+        (1.5, 2.0, 30.2, 40.0))
+    assert back["face_box"][1] is None
+    assert back["fake_score"][0] == pytest.approx(0.93) and math.isnan(back["fake_score"][1])
+    assert back["face_crop"].dtype == bool and back["face_found"].tolist() == [True, False]
+    assert back["n_faces"].tolist() == [2, 0] and pd.isna(back["width"][1])
+
+
+def test_formula_cells_are_neutralised_in_the_file(tmp_path):
+    path = write_csv(results_frame(_rows()), tmp_path / "scores.csv")
+    text = path.read_text(encoding="utf-8")
+    assert "/data/=SUM" in text  # starts with "/", so it is safe as it is
+    assert ",'-cannot decode image: @bad" in text
+    frame = results_frame(_rows())
+    frame.loc[0, "path"] = "=HYPERLINK(\"http://x\")"
+    text = write_csv(frame, tmp_path / "evil.csv").read_text(encoding="utf-8")
+    assert "'=HYPERLINK" in text
+    assert read_csv(tmp_path / "evil.csv")["path"][0] == "=HYPERLINK(\"http://x\")"
+
+
+def test_csv_is_written_atomically_and_readable(tmp_path):
+    target = tmp_path / "scores.csv"
+    target.write_text("old contents\n")
+    write_csv(results_frame(_rows()), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+    assert target.read_text().startswith("path,model")
+    assert oct(os.stat(target).st_mode & 0o044) == oct(0o044)
+
+
+def test_bands_mirror_the_original_labels():
+    bands = Bands()
+    assert [bands(s) for s in (0.95, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)] == [
+        "likely fake", "weakly fake", "weakly fake", "uncertain", "uncertain", "weakly real",
+        "weakly real", "likely real", "likely real"]
+
+
+def test_label_scheme_precedence():
+    assert label_scheme(None) == Bands()
+    assert label_scheme(None, model_threshold=0.3) == Threshold(0.3)
+    assert label_scheme(None, model_threshold=0.3, bands=True) == Bands()
+    assert label_scheme(0.7, model_threshold=0.3) == Threshold(0.7)
+    assert Threshold(0.5)(0.5) == "fake" and Threshold(0.5)(0.4999) == "real"
+    with pytest.raises(ValueError):
+        Threshold(1.5)
+
+
+def test_summary_counts():
+    counts = summary(results_frame(_rows()))
+    assert counts == {"files": 2, "scored": 1, "fakes": 1, "no_face": 0, "errors": 1}

@@ -1,0 +1,415 @@
+"""The Flask-ML server: every route through Flask's test client, then a real server process driven
+over HTTP the way the RescueBox desktop client drives it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake_toolkit import __version__, classify_files, find_images, list_models, read_csv
+from deepfake_toolkit.models import register_model, unregister_model
+from deepfake_toolkit.results import Bands
+from deepfake_toolkit.server import (
+    ALL_MODELS,
+    APP_NAME,
+    OUTPUT_PREFIX,
+    DetectorService,
+    create_server,
+)
+from serve_with_extra_model import (
+    UNWEIGHTED_FILE,
+    UNWEIGHTED_MODEL,
+    UNWEIGHTED_URL,
+    unweighted_spec,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_NAME = re.compile(rf"^{OUTPUT_PREFIX}_\d{{8}}-\d{{6}}_[0-9a-f]{{12}}\.csv$")
+BAND_LABELS = {"likely fake", "weakly fake", "uncertain", "weakly real", "likely real"}
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Generated inputs: two folders of tiny images, one without images, one for bad requests."""
+
+    images: Path
+    other_images: Path
+    no_images: Path
+    bad_output: Path
+    faces: Path
+
+
+def _noise_images(folder: Path, count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (24 + 4 * index, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{index}.png")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory, astronaut: Image.Image) -> Folders:
+    base = tmp_path_factory.mktemp("server")
+    found = Folders(images=base / "images", other_images=base / "other", no_images=base / "empty",
+                    bad_output=base / "bad-output", faces=base / "faces")
+    for folder in (found.images, found.other_images, found.no_images, found.bad_output,
+                   found.faces):
+        folder.mkdir()
+    _noise_images(found.images, 3, seed=1)
+    (found.images / "sub").mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(found.images / "sub" / "grey.jpg")
+    (found.images / "notes.txt").write_text("not an image")
+    _noise_images(found.other_images, 2, seed=2)
+    (found.no_images / "notes.txt").write_text("not an image")
+    astronaut.resize((256, 256)).save(found.faces / "astronaut.jpg")
+    return found
+
+
+@pytest.fixture(scope="module")
+def unweighted_model():
+    """A registered model whose weight file is nowhere, as in the real server process."""
+    register_model(unweighted_spec())
+    yield UNWEIGHTED_MODEL
+    unregister_model(UNWEIGHTED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def service(random_default_weights: Path, unweighted_model: str) -> DetectorService:
+    return DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def client(service: DetectorService):
+    return create_server(service).app.test_client()
+
+
+def payload(input_dataset: Path | str, output_file: Path | str, models: str = "default",
+            facecrop: str = "false", threshold: str = "") -> dict[str, Any]:
+    return {"inputs": {"input_dataset": {"path": str(input_dataset)},
+                       "output_file": {"path": str(output_file)}},
+            "parameters": {"models": models, "facecrop": facecrop, "threshold": threshold}}
+
+
+def fingerprints(folder: Path) -> dict[str, tuple[str, int]]:
+    """Content hash and modification time of every file under ``folder``."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                         p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- every route through Flask's test client ---------------------------------------------------
+
+def test_app_metadata_describes_scores_models_and_limits(client) -> None:
+    response = client.get("/api/app_metadata")
+    assert response.status_code == 200
+    metadata = response.get_json()
+    assert metadata["name"] == APP_NAME
+    assert metadata["version"] == __version__
+    info = metadata["info"]
+    assert "fake_score" in info and "probability that the image is fake" in info
+    assert "never proof" in info
+    for label in BAND_LABELS:
+        assert label in info
+    assert "| `default` |" in info and "| yes |" in info
+    assert f"| `{UNWEIGHTED_MODEL}` |" in info and "| no |" in info
+
+
+def test_routes_list_the_predict_task(client) -> None:
+    response = client.get("/api/routes")
+    assert response.status_code == 200
+    assert response.get_json() == [{
+        "run_task": "/predict", "task_schema": "/predict/task_schema",
+        "sample_payload": "/predict/sample_payload", "payload_schema": "/predict/payload_schema",
+        "short_title": "Deepfake detection", "order": 0}]
+
+
+def test_task_schema_has_the_original_inputs_and_parameters(client) -> None:
+    schema = client.get("/predict/task_schema").get_json()
+    assert [(i["key"], i["input_type"]) for i in schema["inputs"]] == [
+        ("input_dataset", "directory"), ("output_file", "directory")]
+    parameters = {p["key"]: p["value"] for p in schema["parameters"]}
+    assert list(parameters) == ["models", "facecrop", "threshold"]
+    assert parameters["models"]["parameter_type"] == "enum"
+    assert [v["key"] for v in parameters["models"]["enum_vals"]] == [*list_models(), ALL_MODELS]
+    assert parameters["facecrop"]["parameter_type"] == "enum"
+    assert [v["key"] for v in parameters["facecrop"]["enum_vals"]] == ["true", "false"]
+    assert parameters["threshold"] == {"parameter_type": "text", "default": ""}
+
+
+def test_sample_payload_and_payload_schema_match_the_task(client) -> None:
+    sample = client.get("/predict/sample_payload").get_json()
+    assert set(sample["inputs"]) == {"input_dataset", "output_file"}
+    assert all("path" in value for value in sample["inputs"].values())
+    assert sample["parameters"] == {"models": "default", "facecrop": "true", "threshold": ""}
+    schema = client.get("/predict/payload_schema").get_json()
+    assert schema["title"] == "RequestBody"
+    assert set(schema["required"]) == {"inputs", "parameters"}
+
+
+def test_predict_writes_the_pipelines_csv_and_leaves_inputs_alone(
+        client, service: DetectorService, folders: Folders, tmp_path: Path) -> None:
+    before = fingerprints(folders.images)
+    response = client.post("/predict", json=payload(folders.images, tmp_path))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["output_type"] == "file" and body["file_type"] == "csv"
+    written = Path(body["path"])
+    assert written.parent == tmp_path and OUTPUT_NAME.match(written.name)
+    assert [p.name for p in tmp_path.iterdir()] == [written.name]
+    assert "4 images" in body["subtitle"] and "default" in body["subtitle"]
+    assert fingerprints(folders.images) == before
+
+    table = read_csv(written)
+    files = find_images(folders.images)
+    assert table["path"].tolist() == [str(f) for f in files]
+    assert set(table["model"]) == {"default"}
+    assert table["region"].eq("image").all() and not table["face_crop"].any()
+    assert table["label"].isin(BAND_LABELS).all()
+    assert table["label"].tolist() == [Bands()(s) for s in table["fake_score"]]
+    direct = classify_files(files, model=service.detector("default"), face_crop=False,
+                            num_workers=0, progress=False)
+    np.testing.assert_allclose(table["fake_score"], direct["fake_score"], atol=1e-9)
+
+
+def test_threshold_gives_fake_and_real_labels(client, folders: Folders, tmp_path: Path) -> None:
+    response = client.post("/predict", json=payload(folders.images, tmp_path, threshold="0.5"))
+    assert response.status_code == 200, response.get_json()
+    table = read_csv(response.get_json()["path"])
+    expected = ["fake" if s >= 0.5 else "real" for s in table["fake_score"]]
+    assert table["label"].tolist() == expected
+
+
+def test_facecrop_scores_the_detected_face(client, folders: Folders, tmp_path: Path) -> None:
+    response = client.post("/predict", json=payload(folders.faces, tmp_path, facecrop="true"))
+    assert response.status_code == 200, response.get_json()
+    row = read_csv(response.get_json()["path"]).iloc[0]
+    assert row["face_crop"] and row["face_found"] and row["region"] == "face"
+    assert 0.0 <= row["fake_score"] <= 1.0
+
+
+def test_all_runs_installed_models_and_names_the_skipped(client, folders: Folders,
+                                                         tmp_path: Path) -> None:
+    response = client.post("/predict", json=payload(folders.other_images, tmp_path,
+                                                    models=ALL_MODELS))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert set(read_csv(body["path"])["model"]) == {"default"}
+    # Other registered models without weights are skipped too, so only this entry is checked.
+    assert "Skipped: " in body["subtitle"]
+    assert f"{UNWEIGHTED_MODEL} (weights not installed: {UNWEIGHTED_FILE}" in body["subtitle"]
+    assert UNWEIGHTED_URL in body["subtitle"]
+
+
+def test_each_model_is_loaded_once(random_default_weights: Path, folders: Folders,
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import deepfake_toolkit.server as server_module
+
+    loads: list[str] = []
+    real_load = server_module.load_model
+
+    def counting_load(name: str, **options: Any):
+        loads.append(name)
+        return real_load(name, **options)
+
+    monkeypatch.setattr(server_module, "load_model", counting_load)
+    fresh = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0)
+    test_client = create_server(fresh).app.test_client()
+    for _ in range(2):
+        response = test_client.post("/predict", json=payload(folders.other_images, tmp_path))
+        assert response.status_code == 200, response.get_json()
+    assert loads == ["default"]
+    assert fresh.detector("default") is fresh.detector("default")
+
+
+BadCase = Callable[[Folders], dict[str, Any]]
+BAD_REQUESTS: dict[str, tuple[BadCase, tuple[str, ...]]] = {
+    "input folder missing": (
+        lambda f: payload(f.images / "no-such-folder", f.bad_output),
+        ("folder of images", "does not exist")),
+    "input is a file": (
+        lambda f: payload(f.images / "img0.png", f.bad_output),
+        ("is a file, not a folder",)),
+    "input has no images": (
+        lambda f: payload(f.no_images, f.bad_output),
+        ("No image files found in", ".png")),
+    "input path relative": (
+        lambda f: payload("images", f.bad_output),
+        ("not a full path",)),
+    "output folder missing": (
+        lambda f: payload(f.images, f.bad_output / "no-such-folder"),
+        ("folder for the results CSV", "does not exist")),
+    "output is a file": (
+        lambda f: payload(f.images, f.images / "notes.txt"),
+        ("is a file, not a folder",)),
+    "unknown model": (
+        lambda f: payload(f.images, f.bad_output, models="bnext_xxl"),
+        ("Unknown model 'bnext_xxl'", "Choose one of: default")),
+    "weights missing": (
+        lambda f: payload(f.images, f.bad_output, models=UNWEIGHTED_MODEL),
+        (f"Weights for model '{UNWEIGHTED_MODEL}' not found", UNWEIGHTED_FILE,
+         f"Download it from {UNWEIGHTED_URL}")),
+    "facecrop not true/false": (
+        lambda f: payload(f.images, f.bad_output, facecrop="maybe"),
+        ("facecrop must be 'true' or 'false'",)),
+    "threshold out of range": (
+        lambda f: payload(f.images, f.bad_output, threshold="1.5"),
+        ("threshold must be empty", "between 0 and 1")),
+    "threshold not a number": (
+        lambda f: payload(f.images, f.bad_output, threshold="high"),
+        ("threshold must be empty",)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_is_400_with_a_readable_message(client, folders: Folders, case: str) -> None:
+    make_payload, phrases = BAD_REQUESTS[case]
+    response = client.post("/predict", json=make_payload(folders))
+    assert response.status_code == 400
+    message = response.get_json()["error"]
+    assert isinstance(message, str)
+    for phrase in phrases:
+        assert phrase in message
+    assert list(folders.bad_output.iterdir()) == []
+
+
+# --- a real server process, driven like the desktop client --------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    log: Path
+
+    def get(self, route: str) -> Any:
+        with urllib.request.urlopen(self.url + route, timeout=30) as answer:
+            return json.load(answer)
+
+    def post(self, route: str, body: dict[str, Any]) -> tuple[int, Any]:
+        request = urllib.request.Request(self.url + route, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+
+
+@pytest.fixture(scope="module")
+def http_server(random_default_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``python -m deepfake_toolkit serve`` on a free port (plus one registered model without
+    weights), stopped when the module's tests are done."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server-log") / "server.log"
+    env = {**os.environ, "DEEPFAKE_TOOLKIT_WEIGHTS": str(random_default_weights),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    with log.open("w") as log_stream:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("serve_with_extra_model.py")), "serve",
+             "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            cwd=REPO_ROOT, env=env, stdout=log_stream, stderr=subprocess.STDOUT)
+    server = RunningServer(url=f"http://127.0.0.1:{port}", log=log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                server.get("/api/routes")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not answer within 120 s:\n{log.read_text()}")
+                time.sleep(0.25)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _request_from_schema(schema: dict[str, Any], values: dict[str, str],
+                         parameters: dict[str, str]) -> dict[str, Any]:
+    """Build a request as the desktop client does: a path per input, each parameter's default
+    unless the user changed it."""
+    return {"inputs": {i["key"]: {"path": values[i["key"]]} for i in schema["inputs"]},
+            "parameters": {p["key"]: parameters.get(p["key"], p["value"]["default"])
+                           for p in schema["parameters"]}}
+
+
+def test_desktop_client_sequence_over_http(http_server: RunningServer, folders: Folders,
+                                           tmp_path: Path) -> None:
+    routes = http_server.get("/api/routes")
+    task = next(route for route in routes if route["run_task"] == "/predict")
+    metadata = http_server.get("/api/app_metadata")
+    assert metadata["name"] == APP_NAME and "fake_score" in metadata["info"]
+    schema = http_server.get(task["task_schema"])
+    request = _request_from_schema(
+        schema, {"input_dataset": str(folders.images), "output_file": str(tmp_path)},
+        {"facecrop": "false"})
+    status, body = http_server.post(task["run_task"], request)
+    assert status == 200, body
+    table = read_csv(body["path"])
+    assert Path(body["path"]).parent == tmp_path
+    assert table["path"].tolist() == [str(f) for f in find_images(folders.images)]
+    assert table["fake_score"].between(0, 1).all()
+
+
+def test_two_requests_at_once_get_complete_distinct_csvs(http_server: RunningServer,
+                                                         folders: Folders,
+                                                         tmp_path: Path) -> None:
+    jobs = {"images": folders.images, "other": folders.other_images}
+    answers: dict[str, tuple[int, Any]] = {}
+
+    def send(name: str, folder: Path) -> None:
+        answers[name] = http_server.post("/predict", payload(folder, tmp_path))
+
+    threads = [threading.Thread(target=send, args=item) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert set(answers) == set(jobs)
+    paths = {name: Path(body["path"]) for name, (status, body) in answers.items()
+             if status == 200}
+    assert len(paths) == 2, answers
+    assert paths["images"] != paths["other"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+    for name, folder in jobs.items():
+        table = read_csv(paths[name])
+        assert table["path"].tolist() == [str(f) for f in find_images(folder)]
+        assert table["fake_score"].notna().all()
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_over_http_is_400(http_server: RunningServer, folders: Folders,
+                                      case: str) -> None:
+    make_payload, phrases = BAD_REQUESTS[case]
+    status, body = http_server.post("/predict", make_payload(folders))
+    assert status == 400
+    for phrase in phrases:
+        assert phrase in body["error"]
+    assert list(folders.bad_output.iterdir()) == []
