@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -103,6 +104,82 @@ def _run_models(args: argparse.Namespace) -> int:
         present = "weights present" if weights_available(name, args.weights_dir) else \
             "weights missing"
         print(f"{name:<{width}}  {present:<15}  {get_spec(name).description}")
+    return 0
+
+
+def _add_weights(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "weights", help="show which models have weights and how to get the others; import a "
+                        "downloaded weight file",
+        description="Without ACTION: list the weight folders, which models have their weights, "
+                    "and for the others exactly what to download and where to put it. "
+                    "'weights import FILE --model NAME' checks a downloaded file against its "
+                    "model, converts it to safetensors and installs it.")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files (and installed into)")
+    actions = parser.add_subparsers(dest="weights_action", metavar="ACTION")
+    importer = actions.add_parser(
+        "import", help="check, convert and install a downloaded weight file",
+        description="Read FILE the way model NAME reads it (pickled checkpoints without running "
+                    "their code), check that it fits the model exactly, and install it as "
+                    "safetensors under the model's weight file name in the first weight folder "
+                    "(--weights-dir, else $DEEPFAKE_TOOLKIT_WEIGHTS, else the project's "
+                    "weights/). FILE itself is left in place.")
+    importer.add_argument("file", metavar="FILE", help="the downloaded weight file")
+    importer.add_argument("-m", "--model", required=True, metavar="NAME",
+                          help="model the file is for (see 'deepfake-toolkit weights')")
+    # SUPPRESS keeps a --weights-dir given before "import" from being reset to None.
+    importer.add_argument("--weights-dir", metavar="DIR", default=argparse.SUPPRESS,
+                          help="folder to install into")
+    importer.add_argument("--force", action="store_true",
+                          help="replace an installed file of the same name")
+    return _run_weights
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    if args.weights_action == "import":
+        return _run_weights_import(args)
+    from .models import get_spec, list_models, weight_folders
+    from .models.weights import WeightsNotFoundError, download_instructions, find_weight_file
+
+    folders = weight_folders(args.weights_dir)
+    print("Weight folders, searched in this order:")
+    for folder in folders:
+        print(f"  - {folder}")
+    names = list_models()
+    width = max(len(name) for name in names)
+    missing = []
+    print()
+    for name in names:
+        weight = get_spec(name).weights[0]
+        try:
+            print(f"{name:<{width}}  present  {find_weight_file(weight, name, args.weights_dir)}")
+        except WeightsNotFoundError:
+            print(f"{name:<{width}}  missing")
+            missing.append(name)
+    for name in missing:
+        spec = get_spec(name)
+        weight = spec.weights[0]
+        names_text = " or ".join(weight.accepted_names)
+        print(f"\n{name}: {spec.description}")
+        print(f"  looked for: {names_text}")
+        for line in download_instructions(weight):
+            print(textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="    ",
+                                break_on_hyphens=False, break_long_words=False))
+    return 0
+
+
+def _run_weights_import(args: argparse.Namespace) -> int:
+    from .models import import_weights
+
+    try:
+        installed = import_weights(args.file, args.model, args.weights_dir, overwrite=args.force)
+    except (FileNotFoundError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    size_mb = installed.stat().st_size / 1e6
+    print(f"{args.file} fits model '{args.model}': installed {installed} ({size_mb:.1f} MB).")
+    print(f"'deepfake-toolkit classify DIR -m {args.model}' now uses it; {args.file} is no "
+          "longer needed.")
     return 0
 
 
@@ -364,7 +441,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_evaluate, _add_serve, _add_train]
+    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train]
 """Functions that add a subcommand and return the function that runs it."""
 
 
@@ -430,7 +507,12 @@ def console_main() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .images import ImageReadError
-    from .models import UnknownModelError, WeightsMismatchError, WeightsNotFoundError
+    from .models import (
+        UnknownModelError,
+        WeightsFileError,
+        WeightsMismatchError,
+        WeightsNotFoundError,
+    )
 
     parser, runners = build_parser()
     args = parser.parse_args(argv)
@@ -440,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
-            NotADirectoryError, ImageReadError) as exc:
+            WeightsFileError, NotADirectoryError, ImageReadError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -48,6 +48,7 @@ from .models import (
     Detector,
     UnknownModelError,
     WeightFile,
+    WeightsFileError,
     WeightsMismatchError,
     WeightsNotFoundError,
     get_spec,
@@ -217,6 +218,7 @@ class DetectorService:
             UnknownModelError: No such model.
             WeightsNotFoundError: Its weight file is missing.
             WeightsMismatchError: Its weight file does not fit the model.
+            WeightsFileError: Its weight file cannot be read, or was refused as unsafe.
         """
         key = (name, str(self.device))
         with self._load_lock:
@@ -303,7 +305,7 @@ class DetectorService:
                 chosen.append(name)
                 continue
             weight, message = missing
-            skipped[name] = f"weights not installed: {weight.filename}" + (
+            skipped[name] = f"weights not installed: {' or '.join(weight.accepted_names)}" + (
                 f", download from {weight.url}" if weight.url else "")
             messages.append(message)
         if not chosen:
@@ -331,7 +333,8 @@ class DetectorService:
     def _load_for_request(self, name: str) -> Detector:
         try:
             return self.detector(name)
-        except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError) as exc:
+        except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
+                WeightsFileError) as exc:
             raise BadRequestError(str(exc)) from None
 
 

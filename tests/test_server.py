@@ -209,8 +209,9 @@ def test_all_runs_installed_models_and_names_the_skipped(client, folders: Folder
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert set(read_csv(body["path"])["model"]) == {"default"}
-    assert f"Skipped: {UNWEIGHTED_MODEL} (weights not installed: {UNWEIGHTED_FILE}" \
-        in body["subtitle"]
+    # Other registered models without weights are skipped too, so only this entry is checked.
+    assert "Skipped: " in body["subtitle"]
+    assert f"{UNWEIGHTED_MODEL} (weights not installed: {UNWEIGHTED_FILE}" in body["subtitle"]
     assert UNWEIGHTED_URL in body["subtitle"]
 
 

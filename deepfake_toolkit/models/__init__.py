@@ -1,6 +1,7 @@
 """Model registry, specs and loading. Importing this package registers every built-in model."""
 
-from . import default  # noqa: F401  (registers the default model)
+from . import bnext, default, vit  # noqa: F401  (register the built-in models)
+from .install import import_weights
 from .registry import (
     Detector,
     UnknownModelError,
@@ -15,7 +16,13 @@ from .registry import (
     weights_available,
 )
 from .spec import ModelSpec, Preprocess, WeightFile
-from .weights import WeightsNotFoundError, weight_folders
+from .weights import (
+    UnsafeCheckpointError,
+    WeightsFileError,
+    WeightsNotFoundError,
+    load_pickled_checkpoint,
+    weight_folders,
+)
 
 __all__ = [
     "Detector",
@@ -25,8 +32,12 @@ __all__ = [
     "WeightFile",
     "WeightsMismatchError",
     "WeightsNotFoundError",
+    "UnsafeCheckpointError",
+    "WeightsFileError",
     "get_spec",
+    "import_weights",
     "list_models",
+    "load_pickled_checkpoint",
     "load_model",
     "register_model",
     "resolve_device",

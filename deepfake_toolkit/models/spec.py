@@ -56,6 +56,9 @@ class WeightFile:
         license: Licence of the weights.
         source: Who made the weights (paper, author, repository).
         instructions: Extra steps after downloading (e.g. the ``weights import`` command).
+        alternatives: Other names accepted in place of ``filename``, as paths relative to a
+            weight folder, in order of preference (e.g. the author's original download, read as
+            it is); the spec's ``load_state_dict`` must read every one of them.
     """
 
     filename: str
@@ -65,6 +68,12 @@ class WeightFile:
     license: str = "unknown"
     source: str = ""
     instructions: str = ""
+    alternatives: tuple[str, ...] = ()
+
+    @property
+    def accepted_names(self) -> tuple[str, ...]:
+        """``filename`` followed by its alternatives, in the order they are looked for."""
+        return (self.filename, *self.alternatives)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,30 +53,38 @@ def find_weight_file(
     """
     folders = weight_folders(weights_dir)
     for folder in folders:
-        candidate = folder / weight.filename
-        if candidate.is_file():
-            return candidate
+        for name in weight.accepted_names:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
     raise WeightsNotFoundError(missing_weights_message(weight, model_name, folders))
 
 
 def missing_weights_message(weight: WeightFile, model_name: str, folders: list[Path]) -> str:
     """Explain which file is missing for ``model_name``, where it was looked for and how to get it."""
+    names = " or ".join(f"'{name}'" for name in weight.accepted_names)
     lines = [
-        f"Weights for model '{model_name}' not found: no file named '{weight.filename}' in",
+        f"Weights for model '{model_name}' not found: no file named {names} in",
         *[f"  - {folder}" for folder in folders],
+        *download_instructions(weight),
     ]
+    return "\n".join(lines)
+
+
+def download_instructions(weight: WeightFile) -> list[str]:
+    """Lines telling where to download ``weight``, what to do with it, and its licence."""
+    lines = []
     if weight.url:
         lines.append(f"Download it from {weight.url}")
-        lines.append(
-            f"and put it in one of those folders (or point ${WEIGHTS_ENV} at its folder)."
-        )
+        lines.append(weight.instructions or "and put it in one of those folders.")
+        lines.append(f"(Or point ${WEIGHTS_ENV} at the folder that holds it.)")
     else:
         lines.append("This file ships with the toolkit: reinstall it from a complete checkout.")
-    if weight.instructions:
-        lines.append(weight.instructions)
+        if weight.instructions:
+            lines.append(weight.instructions)
     if weight.license and weight.license != "unknown":
         lines.append(f"Licence of these weights: {weight.license}.")
-    return "\n".join(lines)
+    return lines
 
 
 def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -81,3 +92,77 @@ def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+class WeightsFileError(ValueError):
+    """A weight file cannot be read: damaged, of another format, or refused as unsafe."""
+
+
+class UnsafeCheckpointError(WeightsFileError):
+    """A pickled checkpoint holds Python objects that loading would have to execute code for."""
+
+
+LIGHTNING_HYPERPARAMETER_TYPES = (
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "lightning.pytorch.utilities.parsing.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+)
+"""Where PyTorch Lightning (2.x, and 1.x as ``pytorch_lightning``) defines the dict subclass that
+holds a checkpoint's ``hyper_parameters``; it is read as a plain dict."""
+
+
+def load_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """Read a ``torch.save`` file (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) without running its code.
+
+    Uses ``torch.load(weights_only=True)``, which rebuilds only tensors and plain Python data, with
+    one addition: PyTorch Lightning's ``AttributeDict`` is rebuilt as a plain ``dict``, so that
+    Lightning checkpoints load. Anything else that is not plain data is refused. Tensors are mapped
+    to the CPU, and memory-mapped where the format allows, so large optimizer states cost little.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The unpickled object (for Lightning, a dict with "state_dict", "hyper_parameters", ...).
+
+    Raises:
+        UnsafeCheckpointError: The file holds other Python objects; the message names them.
+        WeightsFileError: The file is not a PyTorch checkpoint or is damaged.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        head = handle.read(512)
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        raise WeightsFileError(
+            f"{path} is a web page, not a checkpoint: the download saved the site's page (Google "
+            "Drive shows one for large files) instead of the file. Download it again, confirming "
+            "'Download anyway' if asked.")
+    allowed = [(dict, name) for name in LIGHTNING_HYPERPARAMETER_TYPES]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(_refusal_message(path, allowed, exc)) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsFileError(
+            f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {exc}). "
+            "The download may be incomplete: download it again.") from None
+
+
+def _refusal_message(path: Path, allowed: list[tuple[type, str]],
+                     error: pickle.UnpicklingError) -> str:
+    """Why ``path`` was refused, naming the objects that are not plain data where possible."""
+    try:
+        with torch.serialization.safe_globals(allowed):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - the names only improve the message
+        unsafe = []
+    found = ", ".join(unsafe) if unsafe else str(error).splitlines()[0]
+    return (
+        f"Refused to load {path}: besides weights it holds Python objects ({found}) that "
+        "would have to run code from the file to be rebuilt, and the toolkit never does that. "
+        "Make sure the file is the one the download instructions name "
+        "(see 'deepfake-toolkit weights'); if it is, report this so the object can be reviewed "
+        "and allowed.")
