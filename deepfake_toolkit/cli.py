@@ -397,7 +397,7 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--holdout", action="append", default=[], metavar="FOLDER",
                         help="leave this top-level folder out of training and score it at the "
                              "end (repeatable)")
-    parser.add_argument("--epochs", type=int, default=6, help="most epochs (default: 6)")
+    parser.add_argument("--epochs", type=int, default=5, help="most epochs (default: 5)")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the files)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")

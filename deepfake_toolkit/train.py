@@ -267,12 +267,12 @@ class AugmentConfig:
 
     margin_range: tuple[float, float] = (0.0, 0.25)
     shift: float = 0.05
-    jpeg_prob: float = 0.5
-    jpeg_quality: tuple[int, int] = (30, 95)
-    blur_prob: float = 0.25
-    blur_sigma: tuple[float, float] = (0.3, 1.5)
-    rescale_prob: float = 0.3
-    rescale_range: tuple[float, float] = (0.25, 0.75)
+    jpeg_prob: float = 0.4
+    jpeg_quality: tuple[int, int] = (40, 95)
+    blur_prob: float = 0.2
+    blur_sigma: tuple[float, float] = (0.2, 1.2)
+    rescale_prob: float = 0.2
+    rescale_range: tuple[float, float] = (0.4, 0.9)
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
     self_blend_prob: float = 0.0
@@ -373,10 +373,9 @@ class FaceCropDataset(Dataset):
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int],
                  faces: Mapping[str, list[Face] | None], augmenter: Augmenter,
-                 train: bool, seed: int) -> None:
+                 train: bool) -> None:
         self.paths, self.labels = list(paths), list(labels)
-        self.faces, self.augmenter, self.train, self.seed = faces, augmenter, train, seed
-        self.epoch = 0
+        self.faces, self.augmenter, self.train = faces, augmenter, train
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -389,7 +388,9 @@ class FaceCropDataset(Dataset):
         if not self.train:
             crop = self.augmenter.crop(image, face, None)
             return self.augmenter.transform(crop), self.labels[index]
-        rng = random.Random(hash((self.seed, self.epoch, index)))
+        # Drawn from torch's generator, which DataLoader seeds in each worker from the run's seed
+        # and which keeps advancing: fresh augmentations every epoch, reproducible per seed.
+        rng = random.Random(int(torch.randint(0, 2**62, ()).item()))
         return self.augmenter(image, face, self.labels[index], rng)
 
 
@@ -419,7 +420,7 @@ class TrainConfig:
         cache_dir: Where face detections are cached (None: no cache).
     """
 
-    epochs: int = 6
+    epochs: int = 5
     steps_per_epoch: int | None = None
     batch_size: int = 32
     lr: float = 3e-4
@@ -534,9 +535,8 @@ def train(
     augmenter = Augmenter(config.augment, config.face, transform)
     train_part = table[~table.is_val]
     val_part = table[table.is_val].reset_index(drop=True)
-    train_set = FaceCropDataset(train_part.path, train_part.label, faces, augmenter, True,
-                                config.seed)
-    val_set = FaceCropDataset(val_part.path, val_part.label, faces, augmenter, False, config.seed)
+    train_set = FaceCropDataset(train_part.path, train_part.label, faces, augmenter, True)
+    val_set = FaceCropDataset(val_part.path, val_part.label, faces, augmenter, False)
 
     # Each class is drawn equally often, and within a class each source folder equally often, so
     # large folders do not dominate and neither class's folder mix becomes a shortcut.
@@ -566,7 +566,6 @@ def train(
     history: list[dict[str, float]] = []
     best_auc, best_state, stale = -1.0, None, 0
     for epoch in range(config.epochs):
-        train_set.epoch = epoch
         module.train()
         losses = []
         for x, y in tqdm(train_loader, desc=f"Epoch {epoch + 1}/{config.epochs}", unit="batch",
@@ -599,7 +598,7 @@ def train(
     threshold = choose_threshold(val_part.label.to_numpy(), val_part.fake_score.to_numpy())
     if len(holdout_table):
         hold_set = FaceCropDataset(holdout_table.path, holdout_table.label, faces, augmenter,
-                                   False, config.seed)
+                                   False)
         hold_loader = DataLoader(hold_set, batch_size=config.batch_size * 2, **loader_options)
         holdout_table = holdout_table.assign(fake_score=_score(module, spec, hold_loader, device))
     weights_path = None
