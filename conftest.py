@@ -29,7 +29,12 @@ def project_default_weights_present() -> bool:
 
 def random_weights_folder(config: pytest.Config) -> Path:
     """A folder, made once per session, holding a randomly initialised (seeded) default-model
-    checkpoint written by the toolkit's own writer."""
+    checkpoint written by the toolkit's own writer.
+
+    The random classifier head is scaled down 100-fold: at full scale the random features push
+    every score to 1.0, while scaled down they spread around 0.6, so that thresholds, filters
+    and histogram ranges in the notebook and widget tests select something.
+    """
     if not _RANDOM_WEIGHTS:
         import torch
 
@@ -39,7 +44,9 @@ def random_weights_folder(config: pytest.Config) -> Path:
         config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
         spec = get_spec("default")
         torch.manual_seed(0)
-        save_weights(spec, spec.build().state_dict(), folder / spec.weights[0].filename)
+        state = spec.build().state_dict()
+        state["classifier.weight"] = state["classifier.weight"] * 0.01
+        save_weights(spec, state, folder / spec.weights[0].filename)
         _RANDOM_WEIGHTS.append(folder)
     return _RANDOM_WEIGHTS[0]
 
@@ -59,6 +66,17 @@ def set_kernel_environment(monkeypatch: pytest.MonkeyPatch, config: pytest.Confi
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     if not project_default_weights_present():
         monkeypatch.setenv(WEIGHTS_ENV, str(random_weights_folder(config)))
+
+
+@pytest.fixture(scope="session")
+def sample_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toolkit's sample folder, written once per session through the CLI (one GAN face
+    when gan-face-generate is installed)."""
+    from deepfake_toolkit.cli import main
+
+    folder = tmp_path_factory.mktemp("samples")
+    assert main(["samples", str(folder), "--gan-faces", "1", "--overwrite"]) == 0
+    return folder
 
 
 @pytest.fixture()

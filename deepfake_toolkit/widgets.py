@@ -49,6 +49,14 @@ def model_options(weights_dir: str | os.PathLike[str] | None = None) -> list[tup
              name) for name in list_models()]
 
 
+def _existing_folder(folder: Path) -> Path:
+    """``folder``, or its nearest existing parent (a chooser can only open existing folders)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd()
+
+
 def _folder_chooser(folder: Path):
     """An ipyfilechooser folder chooser, or a plain path box when ipyfilechooser is missing."""
     try:
@@ -57,7 +65,7 @@ def _folder_chooser(folder: Path):
         return widgets.Text(value=str(folder), description="Folder",
                             placeholder="path of a folder of images",
                             layout=widgets.Layout(width="60%"))
-    return FileChooser(str(folder), show_only_dirs=True, select_default=True,
+    return FileChooser(str(_existing_folder(folder)), show_only_dirs=True, select_default=True,
                        title="<b>Folder of images</b>")
 
 
@@ -223,10 +231,14 @@ class Explorer(widgets.VBox):
 
     def set_folder(self, folder: str | os.PathLike[str]) -> None:
         """Point the folder chooser (or path box) at ``folder``."""
+        folder = Path(folder).expanduser()
         if isinstance(self.folder_chooser, widgets.Text):
             self.folder_chooser.value = str(folder)
+        elif folder.is_dir():
+            self.folder_chooser.reset(path=str(folder.resolve()), filename="")
         else:
-            self.folder_chooser.reset(path=str(Path(folder).expanduser().resolve()), filename="")
+            self._show_status(f"{html.escape(str(folder))} is not a folder: choose a folder of "
+                              "images.", error=True)
 
     def _on_face_crop(self, change: dict) -> None:
         self.no_face_select.disabled = not change["new"]
