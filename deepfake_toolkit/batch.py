@@ -98,7 +98,7 @@ def copy_notebooks(destination: str | os.PathLike[str], overwrite: bool = False)
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "images"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "images"
 
 
 def run_names(folders: Sequence[Path], model_groups: Sequence[Sequence[str]]) -> list[str]:

@@ -169,15 +169,15 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must lie between 0 and 1")
+    for directory in args.directories:
+        if not Path(directory).expanduser().is_dir():
+            raise UsageError(f"{directory} is not a folder")
     models = args.models or ["default"]
     for name in models:
         get_spec(name)
         if not weights_available(name):
             raise UsageError(f"no weights for model '{name}': run 'deepfake-toolkit models' to "
                              "see which models have weights")
-    for directory in args.directories:
-        if not Path(directory).expanduser().is_dir():
-            raise UsageError(f"{directory} is not a folder")
     runs = run_batch(args.directories, args.output_dir, models,
                      models_together=args.models_together, face_crop=not args.no_face_crop,
                      no_face=args.no_face, threshold=args.threshold, kernel_name=args.kernel,
