@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepfake_toolkit.cli import main
 from deepfake_toolkit.faces import FaceCropper
 from deepfake_toolkit.samples import (
     GAN_OUTPUT_SIZE,
@@ -98,9 +99,12 @@ def test_self_blend_is_seeded_and_local(two_faces: dict) -> None:
     assert not np.array_equal(first[y1:y2, x1:x2], original[y1:y2, x1:x2])
 
 
-def test_existing_samples_are_kept_unless_overwrite(sample_folder: Path, tmp_path: Path) -> None:
+def test_existing_samples_are_kept_unless_overwrite(sample_folder: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SamplesError, match="overwrite"):
         write_samples(sample_folder, gan_faces=0)
+    assert main(["samples", str(sample_folder)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     manifest = sample_folder / "manifest.csv"
     stamp = manifest.stat().st_mtime_ns
     assert ensure_samples(sample_folder) == sample_folder
