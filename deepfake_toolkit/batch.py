@@ -4,8 +4,10 @@ Each run classifies one folder with one model and leaves two files: the executed
 record of what ran, with its outputs) and the result CSV. The same run by hand::
 
     papermill batch_classify.ipynb out/case1__default.ipynb \\
-        -p input_dir /data/case1 -p models '["default"]' -p output_dir out \\
+        -p input_dir /data/case1 -y "models: [default]" -p output_dir out \\
         -p run_name case1__default -p face_crop True -p threshold 0.5
+
+(``-y`` passes the list of models as YAML; ``-p`` would pass it as a string.)
 
 Where the notebooks are: a wheel carries them inside the package (``deepfake_toolkit/notebooks``,
 copied there at build time by setup.py); a source checkout or editable install uses the

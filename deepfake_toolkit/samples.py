@@ -158,8 +158,9 @@ def write_samples(
         seed: Seed for every random choice (blend masks, colour changes, GAN latents); the same
             seed and package versions give the same files.
         gan_faces: How many GAN faces to add when ``gan-face-generate`` is installed (0: none).
-        overwrite: Replace the ``real/`` and ``fake/`` sub-folders if the folder already holds
-            them (otherwise a non-empty sample folder is an error, to protect user files).
+        overwrite: Replace the ``real/`` and ``fake/`` sub-folders of a sample folder written
+            earlier (one with a manifest.csv). Without it, an existing sample folder is an
+            error; ``real/`` or ``fake/`` folders without a manifest are never touched.
         face_cropper: Face detector for the swaps (default: a :class:`FaceCropper` that detects
             on images downscaled to :data:`DETECT_MAX_SIDE`, which is plenty for these faces).
 
@@ -250,10 +251,14 @@ def ensure_samples(directory: str | os.PathLike[str], seed: int = 0) -> Path:
 def _prepare_folder(root: Path, overwrite: bool) -> None:
     existing = [root / "real", root / "fake"]
     if any(folder.exists() for folder in existing):
+        if not (root / SAMPLES_MANIFEST).is_file():
+            raise SamplesError(f"{root} has real/ or fake/ folders that this toolkit did not "
+                               "write (no manifest.csv): choose another folder for the samples")
         if not overwrite:
             raise SamplesError(f"{root} already holds a sample folder (real/ or fake/); pass "
                                "overwrite=True (CLI: --overwrite) to replace it, or choose "
                                "another folder")
+        (root / SAMPLES_MANIFEST).unlink()
         for folder in existing:
             if folder.is_dir():
                 shutil.rmtree(folder)

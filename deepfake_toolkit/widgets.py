@@ -45,8 +45,11 @@ ALL = "(all)"
 
 def model_options(weights_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
     """(caption, name) pairs for every registered model, saying whether its weights are present."""
-    return [(f"{name} ({'weights present' if weights_available(name, weights_dir) else 'no weights'})",
-             name) for name in list_models()]
+    options = []
+    for name in list_models():
+        present = weights_available(name, weights_dir)
+        options.append((f"{name} ({'weights present' if present else 'no weights'})", name))
+    return options
 
 
 def _existing_folder(folder: Path) -> Path:

@@ -99,12 +99,18 @@ def test_self_blend_is_seeded_and_local(two_faces: dict) -> None:
     assert not np.array_equal(first[y1:y2, x1:x2], original[y1:y2, x1:x2])
 
 
-def test_existing_samples_are_kept_unless_overwrite(sample_folder: Path,
+def test_existing_samples_are_kept_unless_overwrite(sample_folder: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SamplesError, match="overwrite"):
         write_samples(sample_folder, gan_faces=0)
     assert main(["samples", str(sample_folder)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    user_folder = tmp_path / "case"
+    (user_folder / "real").mkdir(parents=True)
+    (user_folder / "real" / "evidence.jpg").write_bytes(b"not touched")
+    with pytest.raises(SamplesError, match="did not write"):
+        write_samples(user_folder, overwrite=True)
+    assert (user_folder / "real" / "evidence.jpg").read_bytes() == b"not touched"
     manifest = sample_folder / "manifest.csv"
     stamp = manifest.stat().st_mtime_ns
     assert ensure_samples(sample_folder) == sample_folder
