@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import textwrap
@@ -231,6 +232,9 @@ def _run_serve(args: argparse.Namespace) -> int:
           f"port {args.port}. Press Ctrl+C to stop.", flush=True)
     # No .env loading: it could change the working folder of a server that reads user paths.
     server.run(host=args.host, port=args.port, load_dotenv=False, threaded=True)
+    return 0
+
+
 def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
     parser = commands.add_parser(
         "evaluate", help="measure and compare models on labelled images, with an HTML report",
@@ -440,8 +444,110 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_samples(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "samples", help="write a small labelled sample folder (real/ and fake/) to try the tools",
+        description="Write real public-domain photos that ship with scikit-image and matplotlib "
+                    "and fakes the toolkit makes from them (face swaps, self-blends, and GAN "
+                    "faces when gan-face-generate is installed) into DIR/real and DIR/fake, "
+                    "with README.txt and manifest.csv giving provenance and licences. Offline "
+                    "and deterministic.")
+    parser.add_argument("directory", metavar="DIR", help="folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--gan-faces", type=int, default=3, metavar="N",
+                        help="GAN faces to add when gan-face-generate is installed (default: 3)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DIR/real and DIR/fake if they exist")
+    return _run_samples
+
+
+def _run_samples(args: argparse.Namespace) -> int:
+    from .samples import SAMPLES_MANIFEST, write_samples
+
+    if args.gan_faces < 0:
+        raise UsageError("--gan-faces must be 0 or more")
+    folder = write_samples(args.directory, seed=args.seed, gan_faces=args.gan_faces,
+                           overwrite=args.overwrite)
+    with open(folder / SAMPLES_MANIFEST, newline="", encoding="utf-8") as manifest:
+        labels = [row["label"] for row in csv.DictReader(manifest)]
+    print(f"wrote {labels.count('real')} real and {labels.count('fake')} fake images to "
+          f"{folder} (see {folder / 'README.txt'})")
+    return 0
+
+
+def _add_batch(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "batch", help="run the batch notebook over several folders and models (papermill)",
+        description="Run notebooks/batch_classify.ipynb with papermill once per folder and "
+                    "model. Each run leaves an executed notebook and a CSV in OUT; "
+                    "OUT/batch_runs.csv lists the runs.")
+    parser.add_argument("directories", nargs="+", metavar="DIR", help="folders of images")
+    parser.add_argument("-o", "--output-dir", required=True, metavar="OUT",
+                        help="folder for the executed notebooks and CSVs")
+    parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
+                        help="model to use (repeat for several; default: default)")
+    parser.add_argument("--models-together", action="store_true",
+                        help="one run per folder with all models, instead of one per model")
+    parser.add_argument("--no-face-crop", action="store_true",
+                        help="score whole images instead of face crops")
+    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
+                        help="with face crop, what to do when no face is found")
+    parser.add_argument("--threshold", type=float, metavar="T",
+                        help="label fake when fake_score >= T (default: the model's labels)")
+    parser.add_argument("--kernel", metavar="NAME",
+                        help="Jupyter kernel to run in (default: the notebook's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return _run_batch
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+    from .models import get_spec, weights_available
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must lie between 0 and 1")
+    for directory in args.directories:
+        if not Path(directory).expanduser().is_dir():
+            raise UsageError(f"{directory} is not a folder")
+    models = args.models or ["default"]
+    for name in models:
+        get_spec(name)
+        if not weights_available(name):
+            raise UsageError(f"no weights for model '{name}': run 'deepfake-toolkit models' to "
+                             "see which models have weights")
+    runs = run_batch(args.directories, args.output_dir, models,
+                     models_together=args.models_together, face_crop=not args.no_face_crop,
+                     no_face=args.no_face, threshold=args.threshold, kernel_name=args.kernel,
+                     progress=not args.quiet)
+    for run in runs.itertuples():
+        detail = run.csv if run.status == "ok" else run.error
+        print(f"{run.status:<6}  {run.run_name}  {detail}")
+    failed = int((runs["status"] != "ok").sum())
+    print(f"{len(runs)} runs, {failed} failed; executed notebooks and CSVs in {args.output_dir}")
+    return 1 if failed else 0
+
+
+def _add_notebooks(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "notebooks", help="copy the tutorial and batch notebooks into a folder",
+        description="Copy the notebooks that ship with the toolkit (quick start, explorer, "
+                    "batch) into DIR, e.g. to open them in JupyterLab after a pip install.")
+    parser.add_argument("directory", metavar="DIR", help="folder to copy into")
+    parser.add_argument("--overwrite", action="store_true", help="replace notebooks already there")
+    return _run_notebooks
+
+
+def _run_notebooks(args: argparse.Namespace) -> int:
+    from .batch import copy_notebooks
+
+    for path in copy_notebooks(args.directory, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train]
+    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train,
+    _add_samples, _add_batch, _add_notebooks]
 """Functions that add a subcommand and return the function that runs it."""
 
 
@@ -507,12 +613,14 @@ def console_main() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .images import ImageReadError
+    from .batch import NotebookNotFoundError
     from .models import (
         UnknownModelError,
         WeightsFileError,
         WeightsMismatchError,
         WeightsNotFoundError,
     )
+    from .samples import SamplesError
 
     parser, runners = build_parser()
     args = parser.parse_args(argv)
@@ -522,7 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
-            WeightsFileError, NotADirectoryError, ImageReadError) as exc:
+            WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
+            NotebookNotFoundError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
