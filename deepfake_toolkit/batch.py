@@ -26,7 +26,8 @@ from typing import Sequence
 import pandas as pd
 
 BATCH_NOTEBOOK = "batch_classify.ipynb"
-TUTORIAL_NOTEBOOKS: tuple[str, ...] = ("01_quickstart.ipynb", "02_explore.ipynb")
+TUTORIAL_NOTEBOOKS: tuple[str, ...] = ("01_quickstart.ipynb", "02_explore.ipynb",
+                                       "03_evaluate.ipynb")
 NOTEBOOK_FOLDERS: tuple[Path, ...] = (
     Path(__file__).resolve().parent / "notebooks",
     Path(__file__).resolve().parents[1] / "notebooks",

@@ -405,7 +405,8 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the files)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    parser.add_argument("--lr", type=float, default=1e-3,
+                        help="peak learning rate (default: 0.001)")
     parser.add_argument("--self-blend", type=float, default=0.0, metavar="P",
                         help="probability that a real face becomes a self-blended pseudo-fake")
     parser.add_argument("--seed", type=int, default=0)

@@ -423,7 +423,7 @@ class TrainConfig:
     epochs: int = 5
     steps_per_epoch: int | None = None
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-2
     val_fraction: float = 0.2
     patience: int = 2

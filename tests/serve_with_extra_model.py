@@ -8,9 +8,11 @@ serve --port N``) to check how the server answers for a model without weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 import runpy
 import sys
 
+from deepfake_toolkit.cli import NO_TCMALLOC_ENV
 from deepfake_toolkit.models import ModelSpec, WeightFile, get_spec, register_model
 
 UNWEIGHTED_MODEL = "unweighted_test_model"
@@ -28,5 +30,7 @@ def unweighted_spec() -> ModelSpec:
 
 if __name__ == "__main__":
     register_model(unweighted_spec())
+    # A re-exec to preload tcmalloc would start a fresh interpreter without the extra model.
+    os.environ[NO_TCMALLOC_ENV] = "1"
     sys.argv = ["deepfake_toolkit", *sys.argv[1:]]
     runpy.run_module("deepfake_toolkit", run_name="__main__", alter_sys=True)

@@ -79,6 +79,7 @@ def test_batch_command_refuses_mistakes(tmp_path: Path, capsys: pytest.CaptureFi
 def test_notebooks_command_copies_the_shipped_notebooks(tmp_path: Path) -> None:
     assert main(["notebooks", str(tmp_path / "nb")]) == 0
     copied = sorted(p.name for p in (tmp_path / "nb").iterdir())
-    assert copied == ["01_quickstart.ipynb", "02_explore.ipynb", BATCH_NOTEBOOK]
+    assert copied == ["01_quickstart.ipynb", "02_explore.ipynb", "03_evaluate.ipynb",
+                      BATCH_NOTEBOOK]
     for name in copied:
         assert (tmp_path / "nb" / name).read_bytes() == notebook_path(name).read_bytes()

@@ -1,0 +1,78 @@
+"""The shipped default model: its weights, spec, model card and recorded scores agree."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from deepfake_toolkit import classify_files, load_model
+from deepfake_toolkit.models import get_spec
+from deepfake_toolkit.models.registry import recorded_spec
+from deepfake_toolkit.models.weights import PROJECT_WEIGHTS
+
+SPEC = get_spec("default")
+WEIGHTS = PROJECT_WEIGHTS / SPEC.weights[0].filename
+RECORD = WEIGHTS.with_suffix(".json")
+CARD = PROJECT_WEIGHTS / "MODEL_CARD.md"
+
+pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"{WEIGHTS} is not shipped here")
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return json.loads(RECORD.read_text())
+
+
+def test_weights_are_small_and_fp16():
+    assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS), framework="pt") as handle:
+        dtypes = {str(handle.get_tensor(k).dtype) for k in handle.keys()}
+    assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+
+
+def test_spec_file_card_and_weights_agree(record):
+    in_file = recorded_spec(WEIGHTS)
+    assert record["spec"] == in_file
+    assert in_file["preprocess"] == SPEC.describe()["preprocess"]
+    assert in_file["output"] == SPEC.output == "sigmoid_fake"
+    detector = load_model("default", device="cpu")
+    assert detector.spec.threshold == pytest.approx(in_file["threshold"])
+    assert record["threshold"] == pytest.approx(in_file["threshold"], abs=1e-4)
+    card = CARD.read_text()
+    assert f"**{in_file['threshold']:.4f}**" in card
+    overall = record["validation_through_pipeline"]["metrics"]["all"]
+    assert f"**{overall['auc']:.3f}**" in card
+
+
+def test_card_metrics_match_the_record(record):
+    card = CARD.read_text()
+    metrics = record["validation_through_pipeline"]["metrics"]
+    for folder in ("hardfake_tpdne_unsplash", "ffhq_tpdne_roeishc", "dfdc_faces224",
+                   "yonsei_rff_160"):
+        rows = [line for line in card.splitlines() if line.startswith(f"| {folder}")]
+        assert any(re.search(rf"\| {metrics[folder]['auc']:.3f} \[", row) for row in rows), rows
+    for name, values in record["leave_one_folder_out"]["results"].items():
+        if "sbi" not in name:
+            assert f"{values['auc']:.3f} [" in card
+
+
+def test_shipped_weights_give_the_recorded_scores(record, tmp_path):
+    from skimage import data
+
+    expected = record["reference_scores"]["scores"]
+    paths = []
+    for name in expected:
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(path)
+        paths.append(path)
+    frame = classify_files(paths, "default", progress=False, num_workers=0, device="cpu")
+    for path, score, region in zip(frame["path"], frame["fake_score"], frame["region"]):
+        want = expected[Path(path).stem]
+        assert region == want["region"]
+        assert score == pytest.approx(want["fake_score"], abs=2e-3)
+    labels = dict(zip((Path(p).stem for p in frame["path"]), frame["label"]))
+    assert labels["astronaut"] == "real" and labels["chelsea"] == "fake"
