@@ -20,6 +20,27 @@ class UsageError(Exception):
     """A mistake in the command line that the user can fix; printed without a traceback."""
 
 
+def _add_face_options(parser: argparse.ArgumentParser, skip: str) -> None:
+    """--no-face-crop and --no-face; ``skip`` says what "skip" does in this command."""
+    parser.add_argument("--no-face-crop", action="store_true",
+                        help="score whole images instead of face crops")
+    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
+                        help="with face crop, what to do when no face is found: score the whole "
+                             f"image (default) or {skip}")
+
+
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how models run: --device, --batch-size, --workers, --weights-dir."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to run (default: auto = CUDA when available)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="images per inference batch (default: 32)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="decoding processes (default: chosen from the job size)")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+
+
 def _add_classify(commands: argparse._SubParsersAction) -> Callable:
     parser = commands.add_parser(
         "classify", help="score every image in a folder and write a CSV",
@@ -31,25 +52,14 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
                              "See 'deepfake-toolkit models'.")
     parser.add_argument("-o", "--output", metavar="OUT.csv",
                         help="CSV to write (default: deepfake_scores.csv in the current folder)")
-    parser.add_argument("--no-face-crop", action="store_true",
-                        help="score whole images instead of face crops")
-    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
-                        help="with face crop, what to do when no face is found: score the whole "
-                             "image (default) or skip the file")
+    _add_face_options(parser, skip="skip the file")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="label fake when fake_score >= T (default: the model's operating "
                              "threshold if it has one, else five score bands)")
     parser.add_argument("--bands", action="store_true",
                         help="label with the five score bands even if the model has a threshold")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to run (default: auto = CUDA when available)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
-                        help="images per inference batch (default: 32)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="decoding processes (default: chosen from the job size)")
+    _add_engine_options(parser)
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
-    parser.add_argument("--weights-dir", metavar="DIR",
-                        help="folder searched first for weight files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_classify
 
@@ -194,14 +204,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to run the models (default: auto = CUDA when available)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
-                        help="images per inference batch (default: 32)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="decoding processes per request (default: chosen from the job size)")
-    parser.add_argument("--weights-dir", metavar="DIR",
-                        help="folder searched first for weight files")
+    _add_engine_options(parser)
     return _run_serve
 
 
@@ -281,20 +284,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    parser.add_argument("--no-face-crop", action="store_true",
-                        help="score whole images instead of face crops")
-    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
-                        help="with face crop, what to do when no face is found: score the whole "
-                             "image (default) or leave the file out of the metrics")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to run (default: auto = CUDA when available)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
-                        help="images per inference batch (default: 32)")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="decoding processes (default: chosen from the job size)")
+    _add_face_options(parser, skip="leave the file out of the metrics")
+    _add_engine_options(parser)
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
-    parser.add_argument("--weights-dir", metavar="DIR",
-                        help="folder searched first for weight files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_evaluate
 

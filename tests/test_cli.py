@@ -80,3 +80,29 @@ def test_models_lists_weights_state(random_default_weights):
 def test_no_command_prints_help():
     result = run_cli()
     assert result.returncode == 2 and "classify" in result.stdout
+
+
+def test_tcmalloc_is_preloaded_by_re_running_the_command(monkeypatch, tmp_path):
+    from deepfake_toolkit import cli
+
+    library = tmp_path / "lib" / "libtcmalloc_minimal.so.4"
+    library.parent.mkdir()
+    library.write_bytes(b"")
+    monkeypatch.setenv("CONDA_PREFIX", str(tmp_path))
+    monkeypatch.delenv(cli.NO_TCMALLOC_ENV, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "")
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda *args: calls.append(args))
+    assert cli.find_tcmalloc() == str(library)
+    cli.preload_tcmalloc(["models"])
+    executable, argv, env = calls[0]
+    assert argv[1:] == ["-m", "deepfake_toolkit", "models"]
+    assert env["LD_PRELOAD"] == str(library) and env[cli.NO_TCMALLOC_ENV] == "1"
+
+    calls.clear()
+    monkeypatch.setenv(cli.NO_TCMALLOC_ENV, "1")
+    cli.preload_tcmalloc(["models"])
+    monkeypatch.delenv(cli.NO_TCMALLOC_ENV)
+    monkeypatch.setenv("LD_PRELOAD", str(library))
+    cli.preload_tcmalloc(["models"])
+    assert calls == []
