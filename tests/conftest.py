@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,25 @@ def random_default_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     state["classifier.weight"] = state["classifier.weight"] * 0.05
     save_weights(spec, state, folder / spec.weights[0].filename)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared machine, more threads oversubscribe the cores and
+    make the convolutions many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture()
+def no_project_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep real weight files (the shipped ones, or a developer's) out of a test."""
+    from deepfake_toolkit.models import weights
+
+    monkeypatch.setattr(weights, "PROJECT_WEIGHTS", tmp_path / "project-weights")
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import functools
 import os
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,7 +26,6 @@ from deepfake_toolkit.models import (
     get_spec,
     import_weights,
     load_model,
-    weights,
 )
 from deepfake_toolkit.models.bnext import (
     DETECTOR_PARAMETERS,
@@ -50,21 +48,7 @@ FFT_NOISE_FLOOR = 20 * np.log(1e-3) / 255
 image made of 8x8 blocks): both libraries then return the log of their own rounding noise."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, more threads oversubscribe the cores and
-    make the convolutions many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def no_project_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep real weight files on a developer's machine out of these tests."""
-    monkeypatch.setattr(weights, "PROJECT_WEIGHTS", tmp_path / "project-weights")
-    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_project_weights")
 
 
 @pytest.mark.parametrize("size, paper_millions", [("T", 29.8), ("S", 67.1), ("M", 133.0)])

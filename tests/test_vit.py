@@ -3,7 +3,6 @@ registry entries, their preprocessing against ViTImageProcessor, and the weight 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ from deepfake_toolkit.models import (
     get_spec,
     import_weights,
     load_model,
-    weights,
 )
 from deepfake_toolkit.models.registry import load_strict
 from deepfake_toolkit.models.transforms import ImageTransform
@@ -30,20 +28,7 @@ SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
 """A small ViT geometry for fast converter checks."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared machine, more threads oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def no_project_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Keep real weight files on a developer's machine out of these tests."""
-    monkeypatch.setattr(weights, "PROJECT_WEIGHTS", tmp_path / "project-weights")
-    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_project_weights")
 
 
 def random_transformers_vit(**geometry: int) -> torch.nn.Module:
