@@ -2,7 +2,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 
 from deepfake_toolkit import __version__, read_csv

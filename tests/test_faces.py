@@ -1,5 +1,4 @@
 import pytest
-from PIL import Image
 
 from deepfake_toolkit.faces import Face, FaceCropConfig, FaceCropper, crop_window
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from deepfake_toolkit.images import ImageReadError, find_images, load_image, to_rgb
 
-from .corpus import BAD, CORPUS_MAX_PIXELS, GOOD, write_corpus
+from .corpus import CORPUS_MAX_PIXELS, GOOD, write_corpus
 
 
 @pytest.fixture(scope="module")
