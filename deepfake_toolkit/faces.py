@@ -165,7 +165,7 @@ class FaceCropper:
             batch = [np.asarray(scaled, dtype=np.uint8) for _, _, scaled in members]
             boxes, probs = self.mtcnn.detect(np.stack(batch))
             for (index, scale, _), image_boxes, image_probs in zip(members, boxes, probs):
-                results[index] = self._select(image_boxes, image_probs, scale)
+                results[index] = self.select_faces(image_boxes, image_probs, scale)
         return results
 
     def _detection_image(self, image: Image.Image) -> tuple[Image.Image, float]:
@@ -177,7 +177,10 @@ class FaceCropper:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         return image.resize(size, Image.Resampling.BILINEAR), scale
 
-    def _select(self, boxes: object, probs: object, scale: float) -> list[Face]:
+    def select_faces(self, boxes: object, probs: object, scale: float = 1.0) -> list[Face]:
+        """Turn raw detections into :class:`Face` objects: boxes divided by ``scale`` (the
+        detection downscale), filtered by ``min_prob`` and ``min_face_size``, ordered by
+        ``select`` (best first). ``boxes`` is None or N x 4; ``probs`` has N values."""
         if boxes is None:
             return []
         box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
-
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -164,7 +162,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return background
     return image.convert("RGB")
 
-
-def image_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Turn a list of file paths into :class:`~pathlib.Path` objects, keeping their order."""
-    return [Path(p).expanduser() for p in paths]

@@ -293,8 +293,8 @@ def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index:
                  batch_size: int) -> list[dict[str, Any]]:
     rows = []
     for detector, t_index, scheme in zip(detectors, transform_index, schemes):
-        stacks = [item.tensors[t_index] for item in batch if item.tensors and
-                  item.tensors[t_index].numel()]
+        # Each item holds one transformed region per scored face (none for errors and skips).
+        stacks = [item.tensors[t_index] for item in batch if item.scored_faces]
         scores = np.zeros(0)
         if stacks:
             everything = torch.cat(stacks)
@@ -302,7 +302,7 @@ def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index:
                                      for i in range(0, len(everything), batch_size)])
         offset = 0
         for item in batch:
-            count = len(item.scored_faces) if item.tensors and item.tensors[t_index].numel() else 0
+            count = len(item.scored_faces)
             item_scores = scores[offset:offset + count]
             offset += count
             rows.append(_row(item, detector.name, item_scores, scheme, face_crop, no_face))

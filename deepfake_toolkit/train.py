@@ -226,7 +226,7 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
             result[path] = None
             continue
         array = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-        result[path] = selector._select(array[:, :4], array[:, 4], 1.0)
+        result[path] = selector.select_faces(array[:, :4], array[:, 4])
     return result
 
 
@@ -632,30 +632,6 @@ def read_groups(path: str | os.PathLike[str]) -> dict[str, str]:
 def config_as_dict(config: TrainConfig) -> dict[str, Any]:
     """The training configuration as JSON-ready data (for model cards)."""
     return json.loads(json.dumps(asdict(config), default=str))
-
-
-def _metric_row(name: str, values: Mapping[str, Any]) -> str:
-    def cell(key: str) -> str:
-        value = values.get(key)
-        return "" if value is None else f"{value:.3f}"
-
-    return (f"| {name} | {values.get('n_real', 0)} | {values.get('n_fake', 0)} | {cell('auc')} | "
-            f"{cell('average_precision')} | {cell('accuracy')} | {cell('balanced_accuracy')} | "
-            f"{cell('eer')} |")
-
-
-METRIC_HEADER = ("| folder | real | fake | AUC | AP | accuracy | balanced accuracy | EER |\n"
-                 "|---|---|---|---|---|---|---|---|")
-
-
-def metrics_markdown(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """A markdown table of per-folder metrics; fake-only folders are shown against all reals."""
-    rows = [METRIC_HEADER]
-    for name, values in metrics.items():
-        rows.append(_metric_row(name, values))
-        if "vs_all_reals" in values:
-            rows.append(_metric_row(f"{name} vs all validation reals", values["vs_all_reals"]))
-    return "\n".join(rows)
 
 
 def write_training_outputs(result: TrainResult, spec_path: str | os.PathLike[str],

@@ -79,8 +79,8 @@ def test_selection_rules(astronaut):
 
     boxes = np.array([small_certain.box, large_less.box])
     probs = np.array([small_certain.prob, large_less.prob])
-    largest = FaceCropper(select="largest")._select(boxes, probs, 1.0)
-    probable = FaceCropper(select="probable")._select(boxes, probs, 1.0)
+    largest = FaceCropper(select="largest").select_faces(boxes, probs)
+    probable = FaceCropper(select="probable").select_faces(boxes, probs)
     assert largest[0] == large_less and probable[0] == small_certain
     assert len(FaceCropper(select="all").faces_to_score(largest)) == 2
     assert len(FaceCropper(select="largest").faces_to_score(largest)) == 1
