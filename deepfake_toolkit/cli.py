@@ -377,6 +377,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainDefaults:
+    epochs = 5
+    batch_size = 32
+    lr = 1e-3
+    paired_real_weight = 1.0
+    self_blend_prob = 0.0
+
+
 def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser = commands.add_parser(
         "train", help="fine-tune the default model on labelled folders",
@@ -393,14 +401,26 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--holdout", action="append", default=[], metavar="FOLDER",
                         help="leave this top-level folder out of training and score it at the "
                              "end (repeatable)")
-    parser.add_argument("--epochs", type=int, default=5, help="most epochs (default: 5)")
+    # The shipped recipe's values (TrainConfig's defaults; a test keeps the two equal). Written
+    # out here so that building the parser does not import torch.
+    recipe = _TrainDefaults()
+    parser.add_argument("--epochs", type=int, default=recipe.epochs,
+                        help=f"most epochs (default: {recipe.epochs})")
     parser.add_argument("--steps-per-epoch", type=int, metavar="N",
                         help="optimiser steps per epoch (default: one pass over the files)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N")
-    parser.add_argument("--lr", type=float, default=1e-3,
-                        help="peak learning rate (default: 0.001)")
-    parser.add_argument("--self-blend", type=float, default=0.0, metavar="P",
-                        help="probability that a real face becomes a self-blended pseudo-fake")
+    parser.add_argument("--batch-size", type=int, default=recipe.batch_size, metavar="N",
+                        help=f"images per step (default: {recipe.batch_size})")
+    parser.add_argument("--lr", type=float, default=recipe.lr,
+                        help=f"peak learning rate (default: {recipe.lr:g})")
+    parser.add_argument("--paired-real-weight", type=float, default=recipe.paired_real_weight,
+                        metavar="W",
+                        help="how often reals from folders that also hold fakes are drawn, "
+                             "relative to reals from real-only folders (default: "
+                             f"{recipe.paired_real_weight:g})")
+    parser.add_argument("--self-blend", type=float, default=recipe.self_blend_prob,
+                        metavar="P",
+                        help="probability that a real face becomes a self-blended pseudo-fake "
+                             f"(default: {recipe.self_blend_prob:g})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, metavar="N")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -419,10 +439,13 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.data} is not a folder")
     if not 0.0 <= args.self_blend <= 1.0:
         raise UsageError("--self-blend must lie between 0 and 1")
+    if args.paired_real_weight <= 0:
+        raise UsageError("--paired-real-weight must be above 0")
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, workers=args.workers, device=args.device,
         holdout_sources=tuple(args.holdout), cache_dir=args.cache_dir,
+        paired_real_weight=args.paired_real_weight,
         augment=replace(AugmentConfig(), self_blend_prob=args.self_blend))
     try:
         groups = read_groups(args.groups) if args.groups else None

@@ -415,6 +415,10 @@ class TrainConfig:
         device: "auto", "cpu" or "cuda".
         holdout_sources: Source folders left out of training and validation entirely (for
             leave-one-folder-out measurements; they are scored at the end).
+        paired_real_weight: How often a real image from a folder that also holds fakes is drawn,
+            relative to one from a real-only folder. Reals that share their folder's people,
+            cameras and processing with its fakes teach the difference that matters - the
+            manipulation - rather than the difference between collections.
         augment: Augmentation settings.
         face: Face-crop settings (the same as at inference).
         cache_dir: Where face detections are cached (None: no cache).
@@ -431,6 +435,7 @@ class TrainConfig:
     workers: int = 2
     device: str = "auto"
     holdout_sources: tuple[str, ...] = ()
+    paired_real_weight: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     face: FaceCropConfig = field(default_factory=FaceCropConfig)
     cache_dir: str | None = "~/.cache/deepfake_toolkit"
@@ -482,7 +487,8 @@ def folder_metrics(table: pd.DataFrame, threshold: float,
 def _score(module: torch.nn.Module, spec: ModelSpec, loader: DataLoader,
            device: torch.device) -> np.ndarray:
     module.eval()
-    scores = [spec.scores_from_output(module(x.to(device))).cpu().numpy() for x, _ in loader]
+    scores = [spec.scores_from_output(module(x.to(device, memory_format=spec.memory_format)))
+              .cpu().numpy() for x, _ in loader]
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
@@ -540,7 +546,7 @@ def train(
 
     # Each class is drawn equally often, and within a class each source folder equally often, so
     # large folders do not dominate and neither class's folder mix becomes a shortcut.
-    weights = _balanced_weights(train_part)
+    weights = _balanced_weights(train_part, config.paired_real_weight)
     steps = config.steps_per_epoch or max(1, len(train_part) // config.batch_size)
     sampler = torch.utils.data.WeightedRandomSampler(
         torch.as_tensor(weights, dtype=torch.double), num_samples=steps * config.batch_size,
@@ -551,7 +557,7 @@ def train(
                               drop_last=True, **loader_options)
     val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, **loader_options)
 
-    module = pretrained_default_model(spec).to(device)
+    module = pretrained_default_model(spec).to(device, memory_format=spec.memory_format)
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     total = steps * config.epochs
@@ -570,7 +576,7 @@ def train(
         losses = []
         for x, y in tqdm(train_loader, desc=f"Epoch {epoch + 1}/{config.epochs}", unit="batch",
                          disable=not progress, leave=False):
-            logits = module(x.to(device)).squeeze(1)
+            logits = module(x.to(device, memory_format=spec.memory_format)).squeeze(1)
             loss = loss_fn(logits, y.to(device).float())
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -610,12 +616,17 @@ def train(
                        seconds=time.perf_counter() - started, config=config)
 
 
-def _balanced_weights(frame: pd.DataFrame) -> np.ndarray:
+def _balanced_weights(frame: pd.DataFrame, paired_real_weight: float = 1.0) -> np.ndarray:
+    """Sampling weights: each class half the draws; inside a class, each source folder an equal
+    share, except that real folders which also hold fakes get ``paired_real_weight`` shares."""
     weights = np.zeros(len(frame))
+    with_fakes = set(frame.loc[frame["label"] == 1, "source"])
     for label, by_label in frame.groupby("label"):
-        n_sources = by_label["source"].nunique()
-        for _, part in by_label.groupby("source"):
-            weights[frame.index.get_indexer(part.index)] = 1.0 / (n_sources * len(part))
+        shares = {source: paired_real_weight if label == 0 and source in with_fakes else 1.0
+                  for source in by_label["source"].unique()}
+        total = sum(shares.values())
+        for source, part in by_label.groupby("source"):
+            weights[frame.index.get_indexer(part.index)] = shares[source] / (total * len(part))
     return weights
 
 

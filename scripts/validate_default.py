@@ -2,49 +2,95 @@
 
 Rebuilds the training run's split (same seed, groups and folders), scores the validation images
 with `classify_files` exactly as a user would, and reports per-folder AUC plus how well image
-size alone separates the classes and predicts the score (a shortcut check).
+size alone separates the classes and predicts the score (a shortcut check). It also scores
+scikit-image's public-domain sample photos, which the tests use as reference scores.
+
+With --into, both results are added to a training record (the JSON `deepfake-toolkit train`
+writes beside the weights) under "validation_through_pipeline" and "reference_scores".
 
 Usage: python scripts/validate_default.py DATA_ROOT GROUPS.csv OUT.json
+           [--weights-dir DIR] [--into RECORD.json]
 """
 
+import argparse
 import json
-import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from deepfake_toolkit import classify_files
+from deepfake_toolkit.models import load_model
 from deepfake_toolkit.train import TrainConfig, find_labelled_images, folder_metrics, \
     read_groups, split_by_source
 
+REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
-def main(root: str, groups_csv: str, out: str) -> None:
+
+def validate(root: str, groups_csv: str, weights_dir: str | None) -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
-    scored = classify_files(val["path"].tolist(), "default", progress=False)
+    scored = classify_files(val["path"].tolist(), "default", progress=False,
+                            weights_dir=weights_dir)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
                      pixels=(scored["width"] * scored["height"]).astype(float).to_numpy())
-    from deepfake_toolkit.models import load_model
-
-    threshold = load_model("default").spec.threshold
+    threshold = load_model("default", weights_dir=weights_dir).spec.threshold
     metrics = folder_metrics(val, threshold, n_bootstrap=200)
-    size_vs_label = roc_auc_score(val["label"], val["pixels"])
-    size_vs_score = float(np.corrcoef(np.log(val["pixels"]), val["fake_score"])[0, 1])
     reals = val[val["label"] == 0]
-    real_size_vs_score = float(np.corrcoef(np.log(reals["pixels"]), reals["fake_score"])[0, 1])
-    record = {"images": len(val), "threshold": threshold, "metrics": metrics,
-              "images_per_second": scored.attrs["images_per_second"],
-              "shortcut_check": {"auc_of_pixel_count_for_label": size_vs_label,
-                                 "corr_log_pixels_vs_score": size_vs_score,
-                                 "corr_log_pixels_vs_score_reals_only": real_size_vs_score}}
-    with open(out, "w") as stream:
-        json.dump(record, stream, indent=1, default=float)
-    for name, values in metrics.items():
+    return {
+        "images": len(val), "threshold": threshold, "metrics": metrics,
+        "images_per_second": scored.attrs["images_per_second"],
+        "shortcut_check": {
+            "auc_of_pixel_count_for_label": roc_auc_score(val["label"], val["pixels"]),
+            "corr_log_pixels_vs_score": float(np.corrcoef(np.log(val["pixels"]),
+                                                          val["fake_score"])[0, 1]),
+            "corr_log_pixels_vs_score_reals_only": float(np.corrcoef(
+                np.log(reals["pixels"]), reals["fake_score"])[0, 1])},
+    }
+
+
+def reference_scores(weights_dir: str | None) -> dict:
+    from skimage import data
+
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for name in REFERENCE_IMAGES:
+            paths.append(Path(folder) / f"{name}.png")
+            Image.fromarray(getattr(data, name)()).save(paths[-1])
+        frame = classify_files(paths, "default", progress=False, num_workers=0, device="cpu",
+                               weights_dir=weights_dir)
+    scores = {Path(path).stem: {"fake_score": round(float(score), 5), "region": region}
+              for path, score, region in zip(frame["path"], frame["fake_score"], frame["region"])}
+    return {"note": "scikit-image sample photos saved as PNG, classify_files(face_crop=True, "
+                    "no_face=\"whole\") on CPU", "scores": scores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root")
+    parser.add_argument("groups")
+    parser.add_argument("out")
+    parser.add_argument("--weights-dir", help="folder holding the weights to validate "
+                                              "(default: the project's weights/)")
+    parser.add_argument("--into", help="training record to add the results to")
+    args = parser.parse_args()
+    record = validate(args.root, args.groups, args.weights_dir)
+    references = reference_scores(args.weights_dir)
+    Path(args.out).write_text(json.dumps({**record, "reference_scores": references},
+                                         indent=1, default=float))
+    if args.into:
+        training = json.loads(Path(args.into).read_text())
+        training.update(validation_through_pipeline=record, reference_scores=references)
+        Path(args.into).write_text(json.dumps(training, indent=1, default=float) + "\n")
+    for name, values in record["metrics"].items():
         print(f"{name:26s} auc {values.get('auc', float('nan')):.3f} "
               f"acc {values.get('accuracy', float('nan')):.3f}")
     print(json.dumps(record["shortcut_check"]))
+    print(json.dumps(references["scores"]))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -105,3 +105,16 @@ def test_shipped_model_separates_held_out_stylegan_faces(tmp_path):
     frame = classify_files(sample["path"].tolist(), "default", progress=False, num_workers=0,
                            device="cpu")
     assert roc_auc_score(sample["label"], frame["fake_score"]) >= 0.9
+
+
+def test_channels_last_layout_gives_the_same_scores():
+    """The default model runs channels-last for speed; the layout must not change a score."""
+    import torch
+
+    detector = load_model("default", device="cpu")
+    assert detector.spec.channels_last
+    batch = torch.rand(4, 3, 224, 224) * 2 - 1
+    fast = detector.predict(batch)
+    detector.module.to(memory_format=torch.contiguous_format)
+    plain = detector.spec.scores_from_output(detector.module(batch)).detach().numpy()
+    assert abs(fast - plain).max() < 1e-4

@@ -95,6 +95,30 @@ def test_labelled_images_and_grouped_split(tmp_path, astronaut):
         read_groups(tmp_path / "bad.csv")
 
 
+def test_sampling_balances_classes_and_folders_and_weights_paired_reals():
+    from deepfake_toolkit.train import _balanced_weights
+
+    table = pd.DataFrame({"source": ["pair"] * 5 + ["pair"] * 20 + ["reals"] * 75,
+                          "label": [0] * 5 + [1] * 20 + [0] * 75})
+    for paired in (1.0, 2.0):
+        weights = _balanced_weights(table, paired)
+        share = lambda mask: weights[mask].sum() / weights.sum()  # noqa: E731
+        assert share(table.label == 1) == pytest.approx(0.5)
+        paired_reals = (table.source == "pair") & (table.label == 0)
+        assert share(paired_reals) == pytest.approx(0.5 * paired / (paired + 1))
+        assert len(set(weights[paired_reals])) == 1
+
+
+def test_cli_train_defaults_are_the_recipe():
+    from deepfake_toolkit.cli import _TrainDefaults
+
+    recipe = TrainConfig()
+    assert (_TrainDefaults.epochs, _TrainDefaults.batch_size, _TrainDefaults.lr,
+            _TrainDefaults.paired_real_weight, _TrainDefaults.self_blend_prob) == (
+        recipe.epochs, recipe.batch_size, recipe.lr, recipe.paired_real_weight,
+        recipe.augment.self_blend_prob)
+
+
 def test_self_blend_changes_the_face_not_the_border(astronaut):
     face = astronaut.crop((150, 30, 310, 190))
     blended = np.asarray(self_blend(face, random.Random(3)), dtype=int)

@@ -46,5 +46,6 @@ DEFAULT_SPEC = register_model(
             ),
         ),
         extra={"architecture": DEFAULT_ARCHITECTURE},
+        channels_last=True,
     )
 )

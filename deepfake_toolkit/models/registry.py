@@ -127,7 +127,8 @@ class Detector:
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> np.ndarray:
         """fake_score = P(fake) for a batch of transformed images, shape (N,)."""
-        output = self.module(batch.to(self.device, non_blocking=True))
+        batch = batch.to(self.device, non_blocking=True, memory_format=self.spec.memory_format)
+        output = self.module(batch)
         return self.spec.scores_from_output(output).cpu().numpy().astype(np.float64)
 
     def predict_images(self, images: list) -> np.ndarray:
@@ -170,7 +171,7 @@ def load_model(
     state_dict = spec.load_state_dict(str(path))
     load_strict(module, state_dict, f"{path} for model '{spec.name}'")
     resolved = resolve_device(device)
-    module.to(resolved).eval()
+    module.to(resolved, memory_format=spec.memory_format).eval()
     return Detector(spec=spec, module=module, device=resolved, weights_path=path)
 
 
