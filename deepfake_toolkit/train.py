@@ -263,6 +263,9 @@ class AugmentConfig:
         colour_jitter: Largest relative change of brightness, contrast and saturation.
         self_blend_prob: Probability that a real face becomes a self-blended pseudo-fake
             (0 turns self-blending off).
+        erase_prob: Probability of greying out a random rectangle (cutout), so that no single
+            part of the face decides the score.
+        erase_size: (low, high) side of that rectangle as a fraction of the input side.
     """
 
     margin_range: tuple[float, float] = (0.0, 0.25)
@@ -276,6 +279,8 @@ class AugmentConfig:
     flip_prob: float = 0.5
     colour_jitter: float = 0.1
     self_blend_prob: float = 0.0
+    erase_prob: float = 0.0
+    erase_size: tuple[float, float] = (0.15, 0.4)
 
 
 def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
@@ -365,6 +370,11 @@ class Augmenter:
             crop = crop.filter(ImageFilter.GaussianBlur(rng.uniform(*c.blur_sigma)))
         if rng.random() < c.jpeg_prob:
             crop = jpeg_recompress(crop, rng.randint(*c.jpeg_quality))
+        if rng.random() < c.erase_prob:
+            width, height = (max(1, int(size * rng.uniform(*c.erase_size))) for _ in range(2))
+            left, top = rng.randint(0, size - width), rng.randint(0, size - height)
+            crop = crop.copy()
+            crop.paste((128, 128, 128), (left, top, left + width, top + height))
         return self.transform(crop), label
 
 

@@ -4,9 +4,12 @@ This is the honest measure of generalisation to a generator or manipulation the 
 For a held-out folder with real images, its fakes are compared with its own reals; for a fake-only
 folder, with the validation reals of the other folders (which training never saw either).
 
+Every run uses the shipped recipe (TrainConfig's defaults) unless an option changes it.
+
 Usage:
     python scripts/lofo.py DATA_ROOT OUT.json [--groups GROUPS.csv] [--folders A B ...]
-                           [--epochs N] [--steps-per-epoch N] [--self-blend P] [--device D]
+                           [--epochs N] [--lr LR] [--steps-per-epoch N] [--self-blend P]
+                           [--paired-real-weight W] [--device D]
 """
 
 import argparse
@@ -16,7 +19,7 @@ from dataclasses import replace
 import pandas as pd
 
 from deepfake_toolkit.metrics import binary_metrics
-from deepfake_toolkit.train import AugmentConfig, TrainConfig, find_labelled_images, \
+from deepfake_toolkit.train import TrainConfig, find_labelled_images, \
     read_groups, train
 
 
@@ -37,31 +40,33 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--groups")
     parser.add_argument("--folders", nargs="*")
-    parser.add_argument("--epochs", type=int, default=6)
+    recipe = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=recipe.epochs)
+    parser.add_argument("--lr", type=float, default=recipe.lr)
     parser.add_argument("--steps-per-epoch", type=int)
-    parser.add_argument("--self-blend", type=float, default=0.0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache-dir", default="~/.cache/deepfake_toolkit")
+    parser.add_argument("--self-blend", type=float, default=recipe.augment.self_blend_prob)
+    parser.add_argument("--paired-real-weight", type=float, default=recipe.paired_real_weight)
+    parser.add_argument("--device", default=recipe.device)
+    parser.add_argument("--workers", type=int, default=recipe.workers)
+    parser.add_argument("--cache-dir", default=recipe.cache_dir)
     args = parser.parse_args()
     groups = read_groups(args.groups) if args.groups else None
     table = find_labelled_images(args.data, groups)
     fake_folders = sorted(table.loc[table["label"] == 1, "source"].unique())
     results = {}
     for folder in args.folders or fake_folders:
-        config = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                             device=args.device, workers=args.workers, cache_dir=args.cache_dir,
-                             holdout_sources=(folder,),
-                             augment=replace(AugmentConfig(), self_blend_prob=args.self_blend))
+        config = replace(recipe, epochs=args.epochs, lr=args.lr,
+                         steps_per_epoch=args.steps_per_epoch, device=args.device,
+                         workers=args.workers, cache_dir=args.cache_dir,
+                         paired_real_weight=args.paired_real_weight, holdout_sources=(folder,),
+                         augment=replace(recipe.augment, self_blend_prob=args.self_blend))
         result = train(args.data, None, config, groups=groups, progress=False)
         results[folder] = {"held_out": held_out_metrics(result),
                            "validation_auc": result.metrics()["validation"]["all"].get("auc"),
                            "epochs": len(result.history), "seconds": result.seconds}
         print(folder, json.dumps(results[folder]["held_out"]), flush=True)
         with open(args.out, "w") as stream:
-            json.dump({"self_blend": args.self_blend, "epochs": args.epochs,
-                       "steps_per_epoch": args.steps_per_epoch, "results": results}, stream,
-                      indent=1)
+            json.dump({"options": vars(args), "results": results}, stream, indent=1)
 
 
 if __name__ == "__main__":

@@ -77,3 +77,13 @@ def test_label_scheme_precedence():
 def test_summary_counts():
     counts = summary(results_frame(_rows()))
     assert counts == {"files": 2, "scored": 1, "fakes": 1, "no_face": 0, "errors": 1}
+
+
+def test_written_files_follow_the_umask_without_changing_it(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        write_csv(results_frame(_rows()), tmp_path / "scores.csv")
+        assert os.stat(tmp_path / "scores.csv").st_mode & 0o777 == 0o640
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(previous)

@@ -100,12 +100,12 @@ def test_sampling_balances_classes_and_folders_and_weights_paired_reals():
 
     table = pd.DataFrame({"source": ["pair"] * 5 + ["pair"] * 20 + ["reals"] * 75,
                           "label": [0] * 5 + [1] * 20 + [0] * 75})
+    paired_reals = ((table.source == "pair") & (table.label == 0)).to_numpy()
     for paired in (1.0, 2.0):
         weights = _balanced_weights(table, paired)
-        share = lambda mask: weights[mask].sum() / weights.sum()  # noqa: E731
-        assert share(table.label == 1) == pytest.approx(0.5)
-        paired_reals = (table.source == "pair") & (table.label == 0)
-        assert share(paired_reals) == pytest.approx(0.5 * paired / (paired + 1))
+        assert weights[table.label == 1].sum() / weights.sum() == pytest.approx(0.5)
+        assert weights[paired_reals].sum() / weights.sum() == pytest.approx(
+            0.5 * paired / (paired + 1))
         assert len(set(weights[paired_reals])) == 1
 
 
@@ -140,6 +140,17 @@ def test_augmenter_gives_model_inputs_for_both_classes(astronaut):
     x, label = augmenter(astronaut, None, 1, random.Random(0))
     assert x.shape == (3, 224, 224) and label == 1
     assert -1.01 <= float(x.min()) and float(x.max()) <= 1.01
+
+
+def test_cutout_greys_a_rectangle_of_the_input(astronaut):
+    augmenter = Augmenter(AugmentConfig(erase_prob=1.0, jpeg_prob=0.0, blur_prob=0.0,
+                                        rescale_prob=0.0, colour_jitter=0.0),
+                          FaceCropConfig(), ImageTransform(get_spec("default").preprocess))
+    x, _ = augmenter(astronaut, None, 0, random.Random(1))
+    grey = (x.abs() < 0.01).all(dim=0)
+    rows, cols = grey.any(dim=1).sum().item(), grey.any(dim=0).sum().item()
+    assert 0.15 * 224 - 1 <= min(rows, cols) and max(rows, cols) <= 0.4 * 224 + 1
+    assert grey.sum().item() >= 0.9 * rows * cols
 
 
 def test_training_runs_and_writes_loadable_weights(tmp_path, astronaut):
