@@ -207,6 +207,10 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
     keys = {p: _file_key(p) for p in paths}
     todo = [p for p in paths if keys[p] not in cache]
     if todo:
+        # Entries for earlier versions of these files (other size or modification time) are dead.
+        current, ours = set(keys.values()), {os.path.abspath(p) for p in paths}
+        cache = {key: boxes for key, boxes in cache.items()
+                 if key in current or key.rsplit("|", 2)[0] not in ours}
         # Detect everything MTCNN finds; the size and probability filters apply on reading.
         cropper = FaceCropper(replace(face_config, min_prob=0.0, min_face_size=0))
         loader = DataLoader(_DetectFiles(todo, cropper), batch_size=None, num_workers=workers,

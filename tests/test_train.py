@@ -119,6 +119,32 @@ def test_cli_train_defaults_are_the_recipe():
         recipe.augment.self_blend_prob)
 
 
+def test_face_detections_are_cached_and_refreshed_when_a_file_changes(tmp_path, astronaut):
+    import json
+    import os
+
+    from deepfake_toolkit.train import detect_faces_cached
+
+    path = tmp_path / "a.jpg"
+    astronaut.save(path, quality=90)
+    cache = tmp_path / "cache.json"
+    first = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
+    assert len(first[str(path)]) >= 1
+    entries = json.loads(cache.read_text())["entries"]
+    assert len(entries) == 1
+    # A cached box is used as it is: altering it in the file shows it was read, not re-detected.
+    key = next(iter(entries))
+    entries[key][0][:4] = [10.0, 20.0, 110.0, 120.0]
+    cache.write_text(json.dumps({"detect_max_side": 1024, "entries": entries}))
+    again = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
+    assert again[str(path)][0].box == (10.0, 20.0, 110.0, 120.0)
+    stat = path.stat()
+    os.utime(path, (stat.st_atime, stat.st_mtime + 10))
+    fresh = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
+    assert fresh[str(path)][0].box == first[str(path)][0].box
+    assert len(json.loads(cache.read_text())["entries"]) == 1
+
+
 def test_self_blend_changes_the_face_not_the_border(astronaut):
     face = astronaut.crop((150, 30, 310, 190))
     blended = np.asarray(self_blend(face, random.Random(3)), dtype=int)
