@@ -96,7 +96,7 @@ class ModelSpec:
         extra: Free-form facts for model cards and listings (paper, parameters, metrics).
         channels_last: Run the module in channels-last memory layout. Results are the same up to
             float rounding; mobile-style CNNs (depthwise convolutions) run about 1.4x faster for
-            inference and 1.9x faster for training on CPU this way.
+            inference and 1.6-1.9x faster for training on CPU this way.
     """
 
     name: str
