@@ -63,7 +63,6 @@ def model_figures(device: str, repeats: int) -> None:
               f"{rates[name][1]:6.1f} img/s   (batch 32, 224 px, {detector.device})")
     print(f"channels-last / standard: inference {rates['channels-last'][0] / rates['standard'][0]:.2f}x, "
           f"training {rates['channels-last'][1] / rates['standard'][1]:.2f}x")
-    module.to(memory_format=torch.channels_last).eval()
 
 
 def pipeline_figures(folder: Path, limit: int, device: str) -> None:

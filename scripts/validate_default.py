@@ -23,8 +23,13 @@ from sklearn.metrics import roc_auc_score
 
 from deepfake_toolkit import classify_files
 from deepfake_toolkit.models import load_model
-from deepfake_toolkit.train import TrainConfig, find_labelled_images, folder_metrics, \
-    read_groups, split_by_source
+from deepfake_toolkit.train import (
+    TrainConfig,
+    find_labelled_images,
+    folder_metrics,
+    read_groups,
+    split_by_source,
+)
 
 REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
@@ -33,11 +38,11 @@ def validate(root: str, groups_csv: str, weights_dir: str | None) -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
-    scored = classify_files(val["path"].tolist(), "default", progress=False,
-                            weights_dir=weights_dir)
+    detector = load_model("default", weights_dir=weights_dir)
+    scored = classify_files(val["path"].tolist(), detector, progress=False)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
                      pixels=(scored["width"] * scored["height"]).astype(float).to_numpy())
-    threshold = load_model("default", weights_dir=weights_dir).spec.threshold
+    threshold = detector.spec.threshold
     metrics = folder_metrics(val, threshold, n_bootstrap=200)
     reals = val[val["label"] == 0]
     return {
