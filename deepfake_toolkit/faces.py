@@ -20,6 +20,10 @@ EdgePolicy = Literal["fit", "pad"]
 NoFacePolicy = Literal["whole", "skip"]
 NO_FACE_POLICIES: tuple[str, ...] = ("whole", "skip")
 
+DETECTOR_WINDOW = 12
+"""Side, in pixels, of MTCNN's smallest search window: an image (after the detection downscale)
+with a shorter side holds no face it could find, and MTCNN fails on it, so it is not run."""
+
 
 @dataclass(frozen=True)
 class FaceCropConfig:
@@ -151,6 +155,8 @@ class FaceCropper:
         """Find faces in RGB images.
 
         Images of equal size (after the detection downscale) are run through MTCNN together.
+        Images with a side shorter than :data:`DETECTOR_WINDOW` (after the downscale) have no
+        face.
 
         Returns:
             For each image, the faces that pass ``min_face_size`` and ``min_prob``, ordered by the
@@ -160,7 +166,8 @@ class FaceCropper:
         groups: dict[tuple[int, int], list[tuple[int, float, Image.Image]]] = {}
         for index, image in enumerate(images):
             scaled, scale = self._detection_image(image)
-            groups.setdefault(scaled.size, []).append((index, scale, scaled))
+            if min(scaled.size) >= DETECTOR_WINDOW:
+                groups.setdefault(scaled.size, []).append((index, scale, scaled))
         for members in groups.values():
             batch = [np.asarray(scaled, dtype=np.uint8) for _, _, scaled in members]
             boxes, probs = self.mtcnn.detect(np.stack(batch))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from .images import printable_path
 from .models.registry import make_readable
 
 COLUMNS: tuple[str, ...] = (
@@ -50,11 +52,18 @@ COLUMNS: tuple[str, ...] = (
 - ``face_box``: (x1, y1, x2, y2) in original-image pixels of the scored face, or None.
 - ``face_prob``: detector probability of that face, or empty.
 - ``width``, ``height``: image size after EXIF orientation.
-- ``error``: why the file could not be read, or "".
+- ``error``: why the file could not be read or scored, or "".
 """
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote."""
+"""Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote
+(so does a cell that starts with a quote, so that reading it back is exact)."""
+
+ESCAPE_MARK = "%"
+"""First character of a CSV text cell written in escaped form (see :func:`escape_cell`)."""
+
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff%]")
+_ESCAPE = re.compile("%(u[0-9A-F]{4}|[0-9A-F]{2})")
 
 _TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error")
 
@@ -64,10 +73,13 @@ class Bands:
     """The original system's five labels, on fake_score.
 
     fake_score > 0.8 "likely fake", > 0.6 "weakly fake", > 0.4 "uncertain", > 0.2 "weakly real",
-    else "likely real" (the original's bands on P(real) < 0.2, < 0.4, ... mirrored).
+    else "likely real" (the original's bands on P(real) < 0.2, < 0.4, ... mirrored); a score that
+    is not a number (NaN) is an "error".
     """
 
     def __call__(self, fake_score: float) -> str:
+        if not math.isfinite(fake_score):
+            return "error"
         if fake_score > 0.8:
             return "likely fake"
         if fake_score > 0.6:
@@ -84,7 +96,7 @@ class Bands:
 
 @dataclass(frozen=True)
 class Threshold:
-    """Two labels: "fake" when fake_score >= ``value``, else "real"."""
+    """Two labels: "fake" when fake_score >= ``value``, else "real"; "error" for NaN."""
 
     value: float
 
@@ -93,6 +105,8 @@ class Threshold:
             raise ValueError(f"threshold must lie in [0, 1], got {self.value}")
 
     def __call__(self, fake_score: float) -> str:
+        if not math.isfinite(fake_score):
+            return "error"
         return "fake" if fake_score >= self.value else "real"
 
     def describe(self) -> str:
@@ -146,14 +160,55 @@ def _is_text(column: pd.Series) -> bool:
     return column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
 
 
+def escape_cell(text: str) -> str:
+    r"""``text`` in a form that is safe in a CSV cell whatever it holds, and reversible.
+
+    Text without control characters (line breaks, tabs, ...), undecodable bytes of file names
+    (held by Python as surrogate escapes) or "%" is kept as it is. Otherwise the cell becomes
+    "%" followed by the text with each of those characters written as %XX (the byte or control
+    code in hex; "%" itself as %25), or %uXXXX for other surrogates and Unicode line separators.
+    :func:`unescape_cell` gives back the exact text, so a path reads back as the same path.
+
+    Example:
+        >>> escape_cell("/photos/caf\udce9.jpg")
+        '%/photos/caf%E9.jpg'
+    """
+    if not _UNSAFE_CHARACTER.search(text):
+        return text
+    return ESCAPE_MARK + _UNSAFE_CHARACTER.sub(_escape_character, text)
+
+
+def _escape_character(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"%{code - 0xDC00:02X}"
+    return f"%{code:02X}" if code < 0x80 else f"%u{code:04X}"
+
+
+def unescape_cell(text: str) -> str:
+    """The text :func:`escape_cell` was given."""
+    if not text.startswith(ESCAPE_MARK):
+        return text
+    return _ESCAPE.sub(_unescape_character, text[len(ESCAPE_MARK):])
+
+
+def _unescape_character(match: re.Match) -> str:
+    code = match.group(1)
+    if code.startswith("u"):
+        return chr(int(code[1:], 16))
+    value = int(code, 16)
+    return chr(0xDC00 + value) if value >= 0x80 else chr(value)
+
+
 def _neutralise(text: str) -> str:
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    text = escape_cell(text)
+    return "'" + text if text.startswith((*FORMULA_PREFIXES, "'")) else text
 
 
 def _restore(text: str) -> str:
-    if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES):
+    if text.startswith("'"):
         return text[1:]
-    return text
+    return unescape_cell(text)
 
 
 def _box_to_text(box: Any) -> str:
@@ -168,34 +223,78 @@ def _box_from_text(text: Any) -> tuple[float, ...] | None:
     return tuple(float(v) for v in json.loads(text))
 
 
+class OutputNotWritableError(OSError):
+    """The folder a CSV is to be written into cannot be written; the message says which."""
+
+
+class PendingCsv:
+    """A CSV file reserved before the work that fills it: the temporary file is created at once
+    (so a folder that cannot be written is found before any image is scored), then
+    :meth:`write` fills it and renames it into place, or :meth:`discard` removes it.
+
+    Args:
+        path: Where the CSV goes.
+
+    Raises:
+        OutputNotWritableError: The folder cannot be created or written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                                 dir=self.path.parent)
+        except OSError as exc:
+            raise OutputNotWritableError(
+                f"cannot write the CSV into {printable_path(self.path.parent)} "
+                f"({exc.strerror or exc}): choose a folder you can write to") from None
+        os.close(handle)
+        self.temporary = Path(temporary)
+
+    def write(self, frame: pd.DataFrame) -> Path:
+        """Write ``frame`` (formula cells neutralised, see :func:`write_csv`) and rename the file
+        into place."""
+        out = frame.copy()
+        for column in out.columns:
+            if column == "face_box":
+                out[column] = out[column].map(_box_to_text)
+            elif _is_text(out[column]):
+                out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str)
+                                              else v)
+        out.columns = [_neutralise(str(c)) for c in out.columns]
+        try:
+            with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
+                out.to_csv(stream, index=False)
+            make_readable(self.temporary)
+            os.replace(self.temporary, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing is written to ``path``)."""
+        self.temporary.unlink(missing_ok=True)
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a result table to CSV atomically, with formula-like text cells neutralised.
+    """Write a result table to CSV atomically, with every text cell made safe.
 
     The file is written to a temporary name in the target folder and renamed into place, so a
-    reader never sees half a file. Text cells that a spreadsheet would run as a formula (starting
-    with =, +, -, @, tab or carriage return) get a leading apostrophe; :func:`read_csv` removes it.
+    reader never sees half a file. Text cells that hold control characters (such as a line break
+    in a file name), bytes that are not UTF-8 or "%" are written escaped (see
+    :func:`escape_cell`); cells that a spreadsheet would run as a formula (starting with =, +,
+    -, @) or that start with an apostrophe get a leading apostrophe. :func:`read_csv` undoes both,
+    so every cell reads back exactly as it was.
 
     Returns:
         The path written.
+
+    Raises:
+        OutputNotWritableError: The folder cannot be created or written.
     """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = frame.copy()
-    for column in out.columns:
-        if column == "face_box":
-            out[column] = out[column].map(_box_to_text)
-        elif _is_text(out[column]):
-            out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            out.to_csv(stream, index=False)
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return PendingCsv(path).write(frame)
 
 
 def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
@@ -207,9 +306,10 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
             written instead of becoming numbers or missing values).
     """
     text = {c: str for c in (*_TEXT_COLUMNS, *text_columns)}
-    frame = pd.read_csv(path, dtype=text, keep_default_na=False,
+    frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
+    frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
             frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
