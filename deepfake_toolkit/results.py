@@ -141,8 +141,14 @@ def empty_results() -> pd.DataFrame:
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Build a result table from row dicts, with the schema's columns and dtypes."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    """Build a result table from row dicts, with the schema's columns and dtypes.
+
+    Text columns hold Python strings (dtype object), so that a path with bytes that are not
+    UTF-8 (held by Python as surrogate escapes) stays the exact path of its file.
+    """
+    rows = list(rows)
+    frame = pd.DataFrame({column: pd.Series([row.get(column) for row in rows], dtype=object)
+                          for column in COLUMNS})
     if frame.empty:
         return empty_results()
     frame["fake_score"] = pd.to_numeric(frame["fake_score"], errors="coerce").astype("float64")
@@ -152,8 +158,16 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for column in ("face_crop", "face_found"):
         frame[column] = frame[column].astype(bool)
     for column in _TEXT_COLUMNS:
-        frame[column] = frame[column].fillna("").astype(str)
+        frame[column] = text_series(["" if v is None or v is pd.NA or (isinstance(v, float)
+                                                                     and math.isnan(v))
+                                     else str(v) for v in frame[column]], frame.index)
     return frame
+
+
+def text_series(values: Iterable[Any], index: pd.Index) -> pd.Series:
+    """A column of Python strings (dtype object). pandas would otherwise store strings as Arrow
+    text, which cannot hold file names with bytes that are not UTF-8."""
+    return pd.Series(list(values), index=index, dtype=object)
 
 
 def _is_text(column: pd.Series) -> bool:
@@ -260,8 +274,8 @@ class PendingCsv:
             if column == "face_box":
                 out[column] = out[column].map(_box_to_text)
             elif _is_text(out[column]):
-                out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str)
-                                              else v)
+                out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
+                                           for v in out[column]), out.index)
         out.columns = [_neutralise(str(c)) for c in out.columns]
         try:
             with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
@@ -305,14 +319,15 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
         text_columns: Columns beyond the schema's to read as text (so that "007" or "" stay as
             written instead of becoming numbers or missing values).
     """
-    text = {c: str for c in (*_TEXT_COLUMNS, *text_columns)}
+    text = {c: object for c in (*_TEXT_COLUMNS, *text_columns)}
     frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
     frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
-            frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
+            frame[column] = text_series((_restore(v) if isinstance(v, str) else v
+                                         for v in frame[column]), frame.index)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
     for column in ("face_crop", "face_found"):
