@@ -283,3 +283,42 @@ def test_shorter_side_resize_of_a_very_long_image_resamples_only_the_crop(
     assert float((cropped_only - whole_resized).abs().max()) <= 2.01 / 255
     monkeypatch.undo()
     assert transform(Image.new("RGB", (1, 1_000_000))).shape == (3, 224, 224)
+
+
+# --- what decoding workers inherit ------------------------------------------------------------
+
+class _SocketProbe:
+    """A perturbation that fails when the process it runs in holds the socket ``inode``."""
+
+    def __init__(self, inode: int) -> None:
+        self.inode = inode
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        for descriptor in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{descriptor}")
+            except OSError:
+                continue
+            if target == f"socket:[{self.inode}]":
+                raise RuntimeError("this worker holds the server's listening socket")
+        return image
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("worker_start,inherits", [("fork", True), ("forkserver", False)])
+def test_forkserver_workers_do_not_hold_the_listening_socket(
+        tmp_path: Path, worker_start: str, inherits: bool) -> None:
+    import socket
+
+    for index in range(2):
+        Image.new("RGB", (20, 20), (index, 0, 0)).save(tmp_path / f"{index}.png")
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        probe = _SocketProbe(os.fstat(listening.fileno()).st_ino)
+        frame = classify_directory(tmp_path, model=_nan_detector(), face_crop=False,
+                                   perturb=probe, num_workers=1, batch_size=1,
+                                   worker_start=worker_start, progress=False)
+    held = frame["error"].str.contains("holds the server's listening socket")
+    assert held.all() if inherits else not held.any(), frame["error"].tolist()
