@@ -54,7 +54,7 @@ class TooManyFilesError(ValueError):
 
 
 class VirtualFolderError(NotADirectoryError):
-    """A folder lies on a virtual file system (``/proc``, ``/sys``, ``/dev``) and holds no images."""
+    """A folder lies on a virtual file system (``/proc``, ``/sys``, ``/dev``): no images there."""
 
 
 def printable_path(path: str | os.PathLike[str]) -> str:

@@ -7,6 +7,7 @@ and cropped once and scored by every model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -212,74 +213,60 @@ def classify_files(
         raise ValueError("batch_size must be at least 1")
     paths = [Path(f).expanduser() for f in files]
     pending = PendingCsv(output_csv) if output_csv is not None else None
-    try:
-        frame = _classify(paths, model, face_crop, no_face, face_config, threshold, bands,
-                          batch_size, device, num_workers, weights_dir, max_pixels, perturb,
-                          progress, stop, on_batch, worker_start)
-    except BaseException:
+    with pending or contextlib.nullcontext():
+        resolved = resolve_device(device)
+        detectors = _as_detectors(model, weights_dir, resolved)
+        schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
+
+        unique: list[ImageTransform] = []
+        transform_index: list[int] = []
+        for detector in detectors:
+            preprocess = detector.spec.preprocess
+            known = [t.preprocess for t in unique]
+            if preprocess not in known:
+                unique.append(detector.transform)
+                known.append(preprocess)
+            transform_index.append(known.index(preprocess))
+
+        cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+        detect_in_workers = cropper is not None and resolved.type == "cpu"
+        workers = (default_workers(len(paths), batch_size) if num_workers is None
+                   else num_workers)
+        dataset = _FileDataset(paths, unique, cropper,
+                               detect_here=cropper is None or detect_in_workers,
+                               no_face=no_face, max_pixels=max_pixels, perturb=perturb)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_keep_list,
+                            worker_init_fn=_worker_init if workers else None,
+                            multiprocessing_context=worker_start if workers else None,
+                            persistent_workers=False)
+
+        rows: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        stopped = False
+        bar = _progress_bar(len(paths), detectors, progress)
+        try:
+            for batch in loader:
+                if cropper is not None and not detect_in_workers:
+                    _detect_in_main(batch, cropper, no_face, unique)
+                batch_rows = _score_batch(batch, detectors, transform_index, schemes,
+                                          face_crop, no_face, batch_size)
+                rows.extend(batch_rows)
+                bar.update(len(batch))
+                if on_batch is not None:
+                    on_batch(results_frame(batch_rows))
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - started
+        frame = results_frame(rows)
+        n_done = len(rows) // len(detectors)
+        frame.attrs.update(seconds=seconds, stopped=stopped,
+                           images_per_second=n_done / seconds if seconds > 0 else math.nan)
         if pending is not None:
-            pending.discard()
-        raise
-    if pending is not None:
-        pending.write(frame)
-    return frame
-
-
-def _classify(paths: list[Path], model: ModelArg, face_crop: bool, no_face: NoFacePolicy,
-              face_config: FaceCropConfig | None, threshold: float | None, bands: bool,
-              batch_size: int, device: str | torch.device, num_workers: int | None,
-              weights_dir: str | os.PathLike[str] | None, max_pixels: int,
-              perturb: Callable[[Image.Image], Image.Image] | None, progress: bool,
-              stop: threading.Event | None, on_batch: Callable[[pd.DataFrame], None] | None,
-              worker_start: str | None) -> pd.DataFrame:
-    resolved = resolve_device(device)
-    detectors = _as_detectors(model, weights_dir, resolved)
-    schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
-
-    unique: list[ImageTransform] = []
-    transform_index: list[int] = []
-    for detector in detectors:
-        preprocess = detector.spec.preprocess
-        known = [t.preprocess for t in unique]
-        if preprocess not in known:
-            unique.append(detector.transform)
-            known.append(preprocess)
-        transform_index.append(known.index(preprocess))
-
-    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
-    detect_in_workers = cropper is not None and resolved.type == "cpu"
-    workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
-    dataset = _FileDataset(paths, unique, cropper, detect_here=cropper is None or detect_in_workers,
-                           no_face=no_face, max_pixels=max_pixels, perturb=perturb)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_list, worker_init_fn=_worker_init if workers else None,
-                        multiprocessing_context=worker_start if workers else None,
-                        persistent_workers=False)
-
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    stopped = False
-    bar = _progress_bar(len(paths), detectors, progress)
-    try:
-        for batch in loader:
-            if cropper is not None and not detect_in_workers:
-                _detect_in_main(batch, cropper, no_face, unique)
-            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
-                                      no_face, batch_size)
-            rows.extend(batch_rows)
-            bar.update(len(batch))
-            if on_batch is not None:
-                on_batch(results_frame(batch_rows))
-            if stop is not None and stop.is_set():
-                stopped = True
-                break
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
-    frame = results_frame(rows)
-    n_done = len(rows) // len(detectors)
-    frame.attrs.update(seconds=seconds, stopped=stopped,
-                       images_per_second=n_done / seconds if seconds > 0 else math.nan)
+            pending.write(frame)
     return frame
 
 

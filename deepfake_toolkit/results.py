@@ -244,7 +244,8 @@ class OutputNotWritableError(OSError):
 class PendingCsv:
     """A CSV file reserved before the work that fills it: the temporary file is created at once
     (so a folder that cannot be written is found before any image is scored), then
-    :meth:`write` fills it and renames it into place, or :meth:`discard` removes it.
+    :meth:`write` fills it and renames it into place, or :meth:`discard` removes it. As a context
+    manager it discards the temporary file on leaving unless :meth:`write` renamed it.
 
     Args:
         path: Where the CSV goes.
@@ -265,6 +266,12 @@ class PendingCsv:
                 f"({exc.strerror or exc}): choose a folder you can write to") from None
         os.close(handle)
         self.temporary = Path(temporary)
+
+    def __enter__(self) -> PendingCsv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
 
     def write(self, frame: pd.DataFrame) -> Path:
         """Write ``frame`` (formula cells neutralised, see :func:`write_csv`) and rename the file

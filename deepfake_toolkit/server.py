@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import socket
 import threading
 import uuid
 from datetime import datetime
@@ -254,7 +256,8 @@ class DetectorService:
         """Whether model ``name`` is already loaded on this service's device."""
         return (name, str(self.device)) in self._detectors
 
-    def predict(self, inputs: Inputs, parameters: Parameters) -> ResponseBody:
+    def predict(self, inputs: Inputs, parameters: Parameters,
+                stop: threading.Event | None = None) -> ResponseBody:
         """Score every image in ``input_dataset`` and write the CSV into ``output_file``.
 
         Args:
@@ -262,6 +265,8 @@ class DetectorService:
                 (existing folder the CSV is written into).
             parameters: ``models`` (a registered name or "all"), ``facecrop`` ("true"/"false")
                 and ``threshold`` ("" for the score bands, else a number in [0, 1]).
+            stop: Set this event to cancel the run (the server sets it when the client
+                disconnects): it stops after the current batch and writes no CSV.
 
         Returns:
             A CSV file response; its subtitle counts the results and names skipped models.
@@ -297,7 +302,10 @@ class DetectorService:
         detectors = [self._load_for_request(name) for name in names]
 
         output_csv = output_folder / unique_output_name()
+        stop = stop or threading.Event()
         with self._run_lock:
+            if stop.is_set():
+                raise RunCancelledError("The request was cancelled before its run started.")
             logger.info("scoring %d files in %s with %s (face crop %s)", len(files),
                         printable_path(input_folder), ", ".join(names), face_crop)
             try:
@@ -305,10 +313,14 @@ class DetectorService:
                 frame = classify_files(files, model=detectors, face_crop=face_crop,
                                        threshold=threshold, batch_size=self.batch_size,
                                        device=self.device, num_workers=self.num_workers,
-                                       output_csv=output_csv, progress=False,
+                                       output_csv=output_csv, progress=False, stop=stop,
                                        worker_start="forkserver" if os.name == "posix" else None)
             except OutputNotWritableError as exc:
                 raise BadRequestError(f"{exc}.") from None
+        if frame.attrs.get("stopped"):
+            output_csv.unlink(missing_ok=True)
+            raise RunCancelledError(f"The run was cancelled after {len(frame)} of {len(files)} "
+                                    "images; no CSV was written.")
         counts = summary(frame)
         subtitle = (f"{len(files)} images; models: {', '.join(names)}; {counts['scored']} "
                     f"scores, {counts['fakes']} labelled fake, {counts['errors']} unreadable.")
@@ -370,6 +382,67 @@ class DetectorService:
         except (UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
                 WeightsFileError) as exc:
             raise BadRequestError(str(exc)) from None
+
+
+class RunCancelledError(BadRequestError):
+    """A run was cancelled (its client disconnected); nothing was written."""
+
+
+class DisconnectWatch:
+    """Sets ``stop`` when the client at the other end of ``connection`` goes away.
+
+    A thread peeks at the connection every ``interval`` seconds: an orderly close or a reset
+    means the client will never read the answer, so its run is cancelled.
+
+    Args:
+        connection: The request's socket (the development server gives it as
+            ``environ["werkzeug.socket"]``); None watches nothing.
+        stop: The event to set.
+        interval: Seconds between looks.
+    """
+
+    def __init__(self, connection: socket.socket | None, stop: threading.Event,
+                 interval: float = 0.5) -> None:
+        self.connection = connection
+        self.stop = stop
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="deepfake-toolkit-disconnect-watch")
+
+    def __enter__(self) -> DisconnectWatch:
+        # MSG_DONTWAIT is POSIX; elsewhere runs cannot be cancelled this way.
+        if self.connection is not None and hasattr(socket, "MSG_DONTWAIT"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval):
+            if _peer_closed(self.connection):
+                logger.info("client disconnected: cancelling its run")
+                self.stop.set()
+                return
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """Whether the other end closed or reset ``connection``, without reading from it."""
+    hang_up = getattr(select, "POLLRDHUP", 0)
+    if hang_up and hasattr(select, "poll"):
+        # Linux reports the peer's close even while bytes it sent are still unread.
+        poller = select.poll()
+        poller.register(connection, hang_up | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
 
 
 def unique_output_name(now: datetime | None = None) -> str:
@@ -450,8 +523,14 @@ def create_server(service: DetectorService | None = None) -> MLServer:
     server.app.after_request(_hide_internal_errors)
     server.add_app_metadata(name=APP_NAME, author="deepfake_toolkit contributors",
                             version=__version__, info=app_info_markdown(service.weights_dir))
+
+    def predict(inputs: Inputs, parameters: Parameters) -> ResponseBody:
+        stop = threading.Event()
+        with DisconnectWatch(request.environ.get("werkzeug.socket"), stop):
+            return service.predict(inputs, parameters, stop=stop)
+
     server.route(TASK_RULE, task_schema_func=create_task_schema,
-                 short_title="Deepfake detection", order=0)(service.predict)
+                 short_title="Deepfake detection", order=0)(predict)
     return server
 
 

@@ -480,7 +480,7 @@ def test_unwritable_output_folder_is_400_before_anything_is_scored(
     def must_not_score(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("scoring started before the output folder was checked")
 
-    monkeypatch.setattr(pipeline, "_classify", must_not_score)
+    monkeypatch.setattr(pipeline, "_as_detectors", must_not_score)
     response = client.post("/predict", json=payload(folders.images, "/proc"))
     assert response.status_code == 400, response.get_json()
     assert re.search("cannot write the CSV into /proc|not writable", response.get_json()["error"])
@@ -541,3 +541,46 @@ def test_hostile_request_over_http_is_400(http_server: RunningServer, folders: F
     except urllib.error.HTTPError as error:
         status, body = error.code, json.load(error)
     _assert_clean_400(status, body, phrase)
+
+
+def test_disconnect_watch_sets_stop_only_when_the_client_goes() -> None:
+    from deepfake_toolkit.server import DisconnectWatch
+
+    server_side, client_side = socket.socketpair()
+    stop = threading.Event()
+    with server_side, DisconnectWatch(server_side, stop, interval=0.05):
+        client_side.sendall(b"more bytes from a live client")
+        assert not stop.wait(0.5)
+        client_side.close()
+        assert stop.wait(5)
+
+
+class _SetAfterFirstLook(threading.Event):
+    """A stop event that reads as unset once (when the run starts), then as set: the run is
+    cancelled after its first batch, as when the client disconnects mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+@pytest.mark.parametrize("stop_kind", ["before the run", "during the run"])
+def test_cancelled_run_writes_no_csv(service: DetectorService, folders: Folders, tmp_path: Path,
+                                     stop_kind: str) -> None:
+    from flask_ml.flask_ml_server.models import DirectoryInput
+
+    from deepfake_toolkit.server import RunCancelledError
+
+    stop = _SetAfterFirstLook() if stop_kind == "during the run" else threading.Event()
+    if stop_kind == "before the run":
+        stop.set()
+    inputs = {"input_dataset": DirectoryInput(path=str(folders.images)),
+              "output_file": DirectoryInput(path=str(tmp_path))}
+    with pytest.raises(RunCancelledError, match="cancelled"):
+        service.predict(inputs, {"models": "default", "facecrop": "false", "threshold": ""},
+                        stop=stop)
+    assert list(tmp_path.iterdir()) == []
