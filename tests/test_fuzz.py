@@ -22,6 +22,9 @@ from deepfake_toolkit import classify_files, read_csv
 from deepfake_toolkit.models.registry import Detector
 from deepfake_toolkit.models.spec import ModelSpec, Preprocess, WeightFile
 
+# Pillow warns about damaged metadata in the mutated files; those are what is being tested.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL")
+
 FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"), ("GIF", ".gif"),
            ("BMP", ".bmp"), ("TIFF", ".tif"))
 
