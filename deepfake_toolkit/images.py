@@ -41,6 +41,11 @@ VIRTUAL_FILE_SYSTEMS = frozenset({
 
 _MOUNT_INFO = Path("/proc/self/mountinfo")
 
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
+"""How :func:`load_image` opens files: read-only, never waiting for a FIFO's writer (POSIX),
+not inherited by programs started later, binary (Windows)."""
+
 ALPHA_BACKGROUND = (255, 255, 255)
 """Colour that transparent pixels are composited onto (white, as most viewers show them)."""
 
@@ -184,7 +189,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXEL
     """
     try:
         # Non-blocking, so that opening a FIFO returns at once instead of waiting for a writer.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        descriptor = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         if os.path.islink(path) and not os.path.exists(path):
             raise ImageReadError("broken symbolic link: the file it points to does not exist") \
