@@ -540,7 +540,7 @@ def _client_error(message: str) -> Response:
                     mimetype="application/json")
 
 
-def _check_task_request(max_depth: int = 4) -> Response | None:
+def _check_task_request() -> Response | None:
     """Answer a malformed ``POST /predict`` with a 400 saying what is wrong, before Flask-ML's
     handler (which would answer it with a 500) sees it; None lets a well-formed request on."""
     if request.method != "POST" or request.path != TASK_RULE:
