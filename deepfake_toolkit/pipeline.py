@@ -202,7 +202,10 @@ def classify_files(
         transform_index.append(known.index(preprocess))
 
     cropper = FaceCropper(face_config, device=resolved) if face_crop else None
-    detect_in_workers = cropper is not None and resolved.type == "cpu"
+    # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
+    # onnxruntime CPU network), detection runs per image in the workers.
+    detect_in_workers = cropper is not None and (resolved.type == "cpu"
+                                                 or cropper.config.detector == "retinaface")
     workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
     dataset = _FileDataset(paths, unique, cropper, detect_here=cropper is None or detect_in_workers,
                            no_face=no_face, max_pixels=max_pixels, perturb=perturb)
