@@ -84,7 +84,7 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
 def _run_classify(args: argparse.Namespace) -> int:
     from .images import find_images
     from .models import get_spec
-    from .pipeline import classify_files
+    from .pipeline import ClassificationInterrupted, classify_files
     from .results import summary
 
     directory = Path(args.directory).expanduser()
@@ -102,12 +102,16 @@ def _run_classify(args: argparse.Namespace) -> int:
     output = Path(args.output or "deepfake_scores.csv").expanduser()
     if not files:
         print(f"No image files found in {directory}.", file=sys.stderr)
-    face_config = _face_config(args)
-    frame = classify_files(
-        files, model=models, face_crop=not args.no_face_crop, no_face=args.no_face,
-        face_config=face_config, threshold=args.threshold, bands=args.bands, batch_size=args.batch_size,
-        device=args.device, num_workers=args.workers, weights_dir=args.weights_dir,
-        output_csv=output, progress=not args.quiet)
+    try:
+        frame = classify_files(
+            files, model=models, face_crop=not args.no_face_crop, no_face=args.no_face,
+            face_config=_face_config(args), threshold=args.threshold, bands=args.bands,
+            batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+            weights_dir=args.weights_dir, output_csv=output, progress=not args.quiet)
+    except ClassificationInterrupted as stopped:
+        print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}",
+              file=sys.stderr)
+        return 130
     counts = summary(frame)
     rate = frame.attrs.get("images_per_second", float("nan"))
     print(f"{len(files)} files, {counts['scored']} scored, {counts['fakes']} labelled fake, "
