@@ -228,8 +228,9 @@ def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
                       f"peak {whole_memory:.2f} GiB")
                 print(f"{size:4d} px  {name:10s} naive loop             {naive_rate:7.1f} img/s   "
                       f"peak {naive_memory:.2f} GiB")
-                print(f"{size:4d} px  {name:10s} pipeline / detection stage {whole_rate / detect_rate:.2f}x, "
-                      f"pipeline / naive loop {whole_rate / naive_rate:.2f}x")
+                print(f"{size:4d} px  {name:10s} pipeline / detection stage "
+                      f"{whole_rate / detect_rate:.2f}x, pipeline / naive loop "
+                      f"{whole_rate / naive_rate:.2f}x")
 
 
 def main() -> None:

@@ -144,8 +144,8 @@ def test_retinaface_crops_feed_the_models(retina, astronaut, tmp_path, one_torch
     path = tmp_path / "astronaut.png"
     astronaut.save(path)
     detector = load_model("default", device="cpu")
-    table = classify_files([path], model=detector, face_config=FaceCropConfig(detector="retinaface"),
-                           num_workers=0, progress=False)
+    table = classify_files([path], model=detector, num_workers=0, progress=False,
+                           face_config=FaceCropConfig(detector="retinaface"))
     face = retina.detect([astronaut])[0][0]
     expected = detector.predict(torch.stack([detector.transform(retina.crop(astronaut, face))]))
     assert table.loc[0, "region"] == "face"

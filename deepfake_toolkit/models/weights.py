@@ -83,7 +83,8 @@ def download_instructions(weight: WeightFile) -> list[str]:
         lines.append(weight.instructions or "and put it in one of those folders.")
         lines.append(f"(Or point ${WEIGHTS_ENV} at the folder that holds it.)")
     else:
-        lines.append("This file ships with the toolkit: reinstall it from a complete checkout or wheel.")
+        lines.append("This file ships with the toolkit: reinstall it from a complete checkout or "
+                     "wheel.")
         if weight.instructions:
             lines.append(weight.instructions)
     if weight.license and weight.license != "unknown":
