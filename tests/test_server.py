@@ -569,11 +569,15 @@ class _SetAfterFirstLook(threading.Event):
 
 
 @pytest.mark.parametrize("stop_kind", ["before the run", "during the run"])
-def test_cancelled_run_writes_no_csv(service: DetectorService, folders: Folders, tmp_path: Path,
-                                     stop_kind: str) -> None:
+def test_cancelled_run_writes_no_csv(random_default_weights: Path, folders: Folders,
+                                     tmp_path: Path, stop_kind: str) -> None:
     from flask_ml.flask_ml_server.models import DirectoryInput
 
     from deepfake_toolkit.server import RunCancelledError
+
+    # One file a batch, so that the run is cancelled with files still to score.
+    service = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0,
+                              batch_size=1)
 
     stop = _SetAfterFirstLook() if stop_kind == "during the run" else threading.Event()
     if stop_kind == "before the run":
