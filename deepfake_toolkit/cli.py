@@ -407,6 +407,93 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPLAIN_MAX_FILES = 100
+"""Most files ``explain`` takes: heatmaps are for a chosen few images, not a folder."""
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "explain", help="heatmaps of where a model saw evidence of a fake, for a few images",
+        description="Score a few chosen images as 'classify' does and draw a Grad-CAM heatmap "
+                    "of the regions that raised the fake score, over the scored crop and over "
+                    "the whole image. Writes NNN_<name>__<model>_crop.png, "
+                    "NNN_<name>__<model>_image.png and explain.csv to OUTDIR. A heatmap is a "
+                    "coarse hint of what the model looked at, not proof of what is fake. Needs: "
+                    "pip install 'deepfake-toolkit[explain]'.")
+    parser.add_argument("files", metavar="FILE", nargs="*",
+                        help="image files (not folders: pick a few, or use --top)")
+    parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
+                        help="model to explain (repeat for several; default: default)")
+    parser.add_argument("-o", "--output", metavar="OUTDIR", required=True,
+                        help="folder for the heatmap images and explain.csv")
+    parser.add_argument("--top", type=int, metavar="N",
+                        help="also explain the N files with the highest fake_score in --scores")
+    parser.add_argument("--scores", metavar="SCORES.csv",
+                        help="a CSV written by 'classify', for --top")
+    parser.add_argument("--no-face-crop", action="store_true",
+                        help="explain whole images instead of face crops (images without a "
+                             "face are explained whole either way)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="where to run (default: cpu)")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+    return _run_explain
+
+
+def _explain_files(args: argparse.Namespace, models: list[str]) -> list[Path]:
+    from .results import read_csv
+
+    files = [Path(f).expanduser() for f in args.files]
+    for file in files:
+        if file.is_dir():
+            raise UsageError(f"{file} is a folder: explain takes a few image files (heatmaps "
+                             "cost a backward pass each); score the folder with 'classify' "
+                             "and use --top N --scores SCORES.csv")
+        if not file.exists():
+            raise UsageError(f"{file} does not exist")
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError("--top must be at least 1")
+        if not args.scores or not Path(args.scores).expanduser().is_file():
+            raise UsageError("--top needs --scores SCORES.csv (written by 'classify')")
+        table = read_csv(Path(args.scores).expanduser())
+        table = table[table["model"].isin(models) & table["fake_score"].notna()]
+        ranked = table.sort_values("fake_score", ascending=False)["path"].drop_duplicates()
+        files.extend(Path(p) for p in ranked.head(args.top))
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise UsageError("give image files, or --top N --scores SCORES.csv")
+    if len(files) > EXPLAIN_MAX_FILES:
+        raise UsageError(f"{len(files)} files: explain takes at most {EXPLAIN_MAX_FILES}; pick "
+                         "the ones that matter (e.g. --top N)")
+    return files
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .explain import ExplainUnavailableError, explain_files
+    from .models import get_spec
+
+    models = args.models or ["default"]
+    for name in models:
+        if get_spec(name).explain_layer is None:
+            raise UsageError(f"model '{name}' names no layer for heatmaps")
+    files = _explain_files(args, models)
+    try:
+        table = explain_files(files, models, args.output, face_crop=not args.no_face_crop,
+                              device=args.device, weights_dir=args.weights_dir)
+    except ExplainUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    for row in table.itertuples():
+        if row.error:
+            print(f"{row.path}: {row.error}", file=sys.stderr)
+        else:
+            print(f"{row.path}  {row.model}  fake_score {row.fake_score:.3f}  ({row.region})  "
+                  f"-> {Path(row.image_file).name}")
+    print(f"wrote {len(table) - (table['error'] != '').sum()} heatmaps and explain.csv to "
+          f"{args.output}")
+    return 0
+
+
 class _TrainDefaults:
     epochs = 5
     batch_size = 32
@@ -592,7 +679,7 @@ def _run_notebooks(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train,
+    _add_classify, _add_explain, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train,
     _add_samples, _add_batch, _add_notebooks]
 """Functions that add a subcommand and return the function that runs it."""
 
