@@ -311,6 +311,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--robustness", action="store_true",
                         help="also score under JPEG quality 95/75/50/30, blur sigma 1/2/3 and "
                              "downscaling by 1/2 and 1/4, applied to both classes (10x the work)")
+    _add_evidence_options(parser)
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -329,6 +330,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     if args.from_csv and args.robustness:
         raise UsageError("--robustness needs images to perturb; the robustness rows of an "
                          "earlier run are in its per_image.csv already")
+    if args.from_csv and args.stability:
+        raise UsageError("--stability needs images to re-encode; run it when scoring a folder")
     if args.directory and not Path(args.directory).expanduser().is_dir():
         raise UsageError(f"{args.directory} is not a folder")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -381,7 +384,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 perturbations = ROBUSTNESS_SUITE if args.robustness else ()
                 per_image = evaluate.score_labelled(
                     labelled, models, not args.no_face_crop, perturbations=perturbations,
-                    **classify_options)
+                    provenance=args.provenance, stability=args.stability, **classify_options)
                 settings = {"root": str(args.directory), "labels": str(args.labels),
                             "face_crop": not args.no_face_crop,
                             "perturbations": [p.name for p in perturbations]}

@@ -399,9 +399,12 @@ def score_labelled(
                          "write_per_image")
     labelled = _check_label_table(labelled)
     files = list(labelled["path"])
+    # The stability check re-encodes the clean images itself; perturbed copies skip it.
+    stability = bool(classify_options.pop("stability", False))
     frames = []
     for perturbation in (None, *perturbations):
         frame = classify_files(files, model=model, face_crop=face_crop, perturb=perturbation,
+                               stability=stability and perturbation is None,
                                **classify_options)
         frame["perturbation"] = perturbation_name(perturbation)
         frames.append(frame)

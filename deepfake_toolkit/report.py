@@ -143,12 +143,31 @@ def report_html(evaluation: Evaluation, title: str = "Deepfake detector evaluati
                   f'<div class="scroll">{_table_html(per_subset[columns])}</div>']
     if not evaluation.robustness.empty:
         parts += ["<h2>Robustness table</h2>", _table_html(evaluation.robustness)]
+    parts += _evidence_html(evaluation.per_image)
     parts += ["<h2>Confound check</h2>",
               '<p class="caption">How well each nuisance feature alone separates fake from real '
               "(AUC; 0.5 = not at all). Flagged features can let a detector score well without "
               "seeing the fake.</p>", _table_html(evaluation.confounds),
               "</body></html>"]
     return "\n".join(parts)
+
+
+def _evidence_html(per_image: pd.DataFrame) -> list[str]:
+    """The provenance and stability summary per true class, with what it cannot show."""
+    from .evidence import EVIDENCE_CAVEAT, evidence_summary
+
+    summary = evidence_summary(per_image, by="true_label").rename(columns={"group": "class"})
+    checked = summary[(summary["provenance_checked"] > 0) | (summary["stability_checked"] > 0)]
+    if checked.empty:
+        return []
+    return ["<h2>Provenance and stability per class</h2>",
+            '<p class="caption">Counts of files, and shares of the files checked: a C2PA '
+            "manifest present, its digital source type saying generated, the manifest invalid, "
+            "any metadata saying generated (C2PA, XMP, generator parameters or a generator named "
+            "as software), a camera make in EXIF, generator parameters; and the share of verdicts "
+            "that flipped under re-encoding with the median score spread.</p>",
+            f'<div class="scroll">{_table_html(checked)}</div>',
+            f'<p class="caption">{html.escape(EVIDENCE_CAVEAT)}</p>']
 
 
 def write_report(evaluation: Evaluation, folder: str | os.PathLike[str]) -> dict[str, Path]:

@@ -369,6 +369,7 @@ def test_report_files_are_written_and_readable(scored, tmp_path):
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
     assert "plotly.js v" in page  # the library itself is inline
     assert "Confound check" in page and "Robustness table" in page
+    assert "Provenance and stability per class" in page and "absent proves nothing" in page
 
     rebuilt = evaluate_table(read_per_image(written["per_image"]), n_bootstrap=50)
     pd.testing.assert_frame_equal(rebuilt.metrics, evaluation.metrics)
