@@ -14,7 +14,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -100,6 +100,36 @@ def check_stability(
     return apply_variants(frame, variants)
 
 
+def judge(seen: Sequence[tuple[str, float, str]]) -> tuple[str, str]:
+    """The label and stability reason of an image from its (condition, score, label) triples,
+    the unchanged image first: "uncertain" with the scores when fake and real verdicts mix,
+    else the unchanged image's label and ""."""
+    verdicts = {verdict(label) for _, _, label in seen} - {None}
+    if len(verdicts) < 2:
+        return seen[0][2], ""
+    return UNCERTAIN, "verdict flips under re-encoding: " + ", ".join(
+        f"{name} {score:.3f} ({label})" for name, score, label in seen)
+
+
+def relabel(frame: pd.DataFrame, scheme: Callable[[float], str]) -> pd.DataFrame:
+    """Label the scored rows of ``frame`` again with ``scheme`` (e.g. a new threshold), judging
+    stability again from the recorded ``stability_scores`` where the check ran."""
+    out = frame.copy()
+    labels, reasons = out["label"].tolist(), out["stability_reason"].tolist()
+    for position, row in enumerate(out[["fake_score", "stability_scores"]].itertuples()):
+        if row.fake_score is None or math.isnan(row.fake_score):
+            continue
+        seen = [("as is", row.fake_score, scheme(row.fake_score))]
+        for part in (row.stability_scores or "").split("; "):
+            name, _, value = part.partition("=")
+            if value and value != "none":
+                seen.append((name, float(value), scheme(float(value))))
+        labels[position], reasons[position] = judge(seen)
+    out["label"] = pd.Series(labels, index=out.index, dtype=object)
+    out["stability_reason"] = pd.Series(reasons, index=out.index, dtype=object)
+    return out
+
+
 def apply_variants(frame: pd.DataFrame,
                    variants: Sequence[tuple[str, dict[tuple[str, str], tuple[float, str]]]]
                    ) -> pd.DataFrame:
@@ -134,13 +164,11 @@ def apply_variants(frame: pd.DataFrame,
             scores.append(score)
             seen.append((name, score, label))
             parts.append(f"{name}={score:.4f}")
-        verdicts = {verdict(label) for _, _, label in seen} - {None}
-        flipped = len(verdicts) > 1
+        label, reason = judge(seen)
         spreads.append(max(scores) - min(scores))
         texts.append("; ".join(parts))
-        reasons.append("verdict flips under re-encoding: " + ", ".join(
-            f"{name} {score:.3f} ({label})" for name, score, label in seen) if flipped else "")
-        labels.append(UNCERTAIN if flipped else row.label)
+        reasons.append(reason)
+        labels.append(label)
     out["stability_spread"] = pd.Series(spreads, index=out.index, dtype="float64")
     out["stability_scores"] = pd.Series(texts, index=out.index, dtype=object)
     out["stability_reason"] = pd.Series(reasons, index=out.index, dtype=object)

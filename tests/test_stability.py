@@ -96,3 +96,22 @@ def test_stability_and_perturb_are_exclusive(images, jpeg_sensitive):
     with pytest.raises(ValueError, match="stability"):
         classify_files([images / "flat.png"], jpeg_sensitive, face_crop=False, progress=False,
                        stability=True, perturb=Downscale(0.5))
+
+
+def test_relabel_with_a_new_threshold_judges_again():
+    import pandas as pd
+
+    from deepfake_toolkit.results import Threshold
+    from deepfake_toolkit.stability import relabel
+
+    frame = pd.DataFrame({"fake_score": [0.62, 0.3, float("nan")],
+                          "label": ["fake", "real", "error"],
+                          "stability_scores": ["jpeg_q90=0.5800; downscale_0.75=none",
+                                               "", ""],
+                          "stability_reason": ["", "", ""]})
+    strict = relabel(frame, Threshold(0.6))
+    assert strict["label"].tolist() == ["uncertain", "real", "error"]
+    assert "jpeg_q90 0.580 (real)" in strict["stability_reason"][0]
+    loose = relabel(strict, Threshold(0.5))
+    assert loose["label"].tolist() == ["fake", "real", "error"]
+    assert loose["stability_reason"].tolist() == ["", "", ""]
