@@ -312,6 +312,9 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
                         help="also score under JPEG quality 95/75/50/30, blur sigma 1/2/3 and "
                              "downscaling by 1/2 and 1/4, applied to both classes (10x the work)")
     _add_evidence_options(parser)
+    parser.add_argument("--explain", type=int, metavar="N",
+                        help="add to the report the heatmaps of the N highest-scored images of "
+                             "each class, per model (needs the explain extra)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -330,6 +333,8 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     if args.from_csv and args.robustness:
         raise UsageError("--robustness needs images to perturb; the robustness rows of an "
                          "earlier run are in its per_image.csv already")
+    if args.explain is not None and args.explain < 1:
+        raise UsageError("--explain must be at least 1")
     if args.from_csv and args.stability:
         raise UsageError("--stability needs images to re-encode; run it when scoring a folder")
     if args.directory and not Path(args.directory).expanduser().is_dir():
@@ -399,6 +404,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         result = evaluate.evaluate_table(per_image, points, n_bootstrap=args.bootstrap,
                                          seed=args.seed, notes=notes, settings=settings)
+        if args.explain:
+            from .explain import ExplainUnavailableError, top_heatmaps
+
+            try:
+                result.heatmaps = top_heatmaps(
+                    result.per_image, args.explain, Path(args.report) / "heatmaps",
+                    face_crop=bool(result.per_image["face_crop"].any()), device=args.device,
+                    weights_dir=args.weights_dir)
+            except ExplainUnavailableError as exc:
+                raise UsageError(str(exc)) from None
         written = result.write(args.report)
     for warning in caught:
         if not issubclass(warning.category, evaluate.ConfoundWarning):

@@ -820,6 +820,8 @@ class Evaluation:
         operating_points: Model name -> :class:`OperatingPoint` used for the verdicts.
         notes: Caveats to read with the numbers.
         settings: How the evaluation was run (for the record in the JSON and the report).
+        heatmaps: Heatmaps to show in the report (from
+            :func:`deepfake_toolkit.explain.top_heatmaps`), or None.
     """
 
     per_image: pd.DataFrame
@@ -830,6 +832,7 @@ class Evaluation:
     operating_points: dict[str, OperatingPoint]
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    heatmaps: pd.DataFrame | None = None
 
     @property
     def models(self) -> list[str]:

@@ -319,3 +319,42 @@ def _error_row(path: Path, model: str, error: str) -> dict:
     return {"path": str(path), "model": model, "fake_score": math.nan, "region": "",
             "face_box": None, "window": None, "crop_file": "", "image_file": "",
             "milliseconds": math.nan, "error": error}
+
+
+def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[str],
+                 face_crop: bool = True, *, by: str = "true_label",
+                 device: str | torch.device = "cpu",
+                 weights_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Heatmaps of the ``n`` highest-scored images of each group, per model (for reports).
+
+    Args:
+        per_image: A result or per-image table (rows of perturbed copies are left out).
+        n: Images per model and group.
+        output_dir: Folder for the heatmap images (see :func:`explain_files`).
+        face_crop: As the table was scored.
+        by: The grouping column (e.g. ``true_label``: the most fake-looking reals are the false
+            alarms worth seeing).
+        device, weights_dir: As for :func:`explain_files`.
+
+    Returns:
+        :data:`EXPLAIN_COLUMNS` plus ``by``, one row per image and model.
+    """
+    clean = per_image[per_image["fake_score"].notna()]
+    if "perturbation" in clean:
+        clean = clean[clean["perturbation"].isin(["none", ""])]
+    tables = []
+    for model, rows in clean.groupby("model", sort=False):
+        chosen = (rows.sort_values("fake_score", ascending=False)
+                  .groupby(by, sort=True).head(n) if by in rows else rows.nlargest(n, "fake_score"))
+        table = explain_files(chosen["path"].tolist(), str(model), output_dir, face_crop,
+                              device=device, weights_dir=weights_dir)
+        if by in chosen:
+            table[by] = chosen[by].to_numpy()
+        tables.append(table)
+    if not tables:
+        return pd.DataFrame(columns=[*EXPLAIN_COLUMNS, by])
+    table = pd.concat(tables, ignore_index=True)
+    from .results import write_csv
+
+    write_csv(table, Path(output_dir).expanduser() / "explain.csv")  # all models together
+    return table

@@ -376,6 +376,25 @@ def test_report_files_are_written_and_readable(scored, tmp_path):
     pd.testing.assert_frame_equal(rebuilt.robustness, evaluation.robustness)
 
 
+def test_report_shows_heatmaps_of_the_top_images_per_class(scored, random_default_weights,
+                                                            tmp_path):
+    pytest.importorskip("captum", reason="captum (the explain extra) is not installed")
+    from deepfake_toolkit.explain import top_heatmaps
+
+    evaluation = evaluate_table(scored, n_bootstrap=0)
+    evaluation.heatmaps = top_heatmaps(evaluation.per_image, 1, tmp_path / "heatmaps",
+                                       face_crop=False, weights_dir=random_default_weights)
+    clean = scored[scored["perturbation"] == "none"]
+    top = clean.loc[clean.groupby("true_label")["fake_score"].idxmax()]
+    assert sorted(evaluation.heatmaps["path"]) == sorted(top["path"])
+    np.testing.assert_allclose(
+        evaluation.heatmaps.sort_values("path")["fake_score"],
+        top.sort_values("path")["fake_score"], atol=1e-5)
+    page = evaluation.write(tmp_path / "report")["report"].read_text()
+    section = page.split("<h2>Heatmaps</h2>")[1].split("<h2>")[0]
+    assert section.count('<img src="data:image/png;base64,') == 2
+
+
 def test_operating_points_travel_through_the_per_image_csv(scored, tmp_path):
     points = fit_operating_points(scored, rule="fpr", target_fpr=0.34, calibration="platt",
                                   fitted_on="elsewhere")
