@@ -169,7 +169,8 @@ def gradcam(detector: Detector, crop: Image.Image) -> np.ndarray:
         handle = layer.register_forward_hook(_token_grid_hook(target_layer,
                                                               spec.explain_prefix_tokens))
     try:
-        with torch.enable_grad():
+        # Gradients are needed even when the caller runs under inference_mode or no_grad.
+        with torch.inference_mode(False), torch.enable_grad():
             cam = LayerGradCam(_FakeEvidence(detector.module, spec), target_layer)
             attribution = cam.attribute(inputs.requires_grad_(True), relu_attributions=True)
             size = spec.preprocess.input_size
@@ -199,7 +200,7 @@ def _onto_crop(heat: np.ndarray, crop_size: tuple[int, int], spec: ModelSpec) ->
     """Place a heatmap over the model input back onto the crop it was made from."""
     width, height = crop_size
     p = spec.preprocess
-    picture = Image.fromarray(heat, mode="F")
+    picture = Image.fromarray(heat)  # float32: a mode "F" image
     if p.resize == "exact":
         return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR),
                           dtype=np.float32).clip(0.0, 1.0)

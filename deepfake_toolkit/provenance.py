@@ -193,15 +193,16 @@ def _c2pa_cells(store: dict[str, Any], remote_url: str) -> dict[str, str]:
     manifest = store.get("manifests", {}).get(store.get("active_manifest") or "", {})
     codes = [entry.get("code", "") for entry in store.get("validation_status") or []]
     state = str(store.get("validation_state", "")).lower()
-    if state == "invalid" or any(code and not code.startswith("signingCredential.untrusted")
-                                 for code in codes):
-        status = "invalid"
-    elif "signingCredential.untrusted" in codes:
-        status = "untrusted"
-    elif state in ("valid", "trusted"):
+    untrusted = "signingCredential.untrusted" in codes
+    if state == "trusted":
         status = "valid"
+    elif state == "valid":
+        # Well-formed and cryptographically intact; "Trusted" would also need a trusted signer.
+        status = "untrusted" if untrusted else "valid"
+    elif state == "invalid" or any(code != "signingCredential.untrusted" for code in codes):
+        status = "invalid"
     else:
-        status = "error"
+        status = "untrusted" if untrusted else "error"
     signature = manifest.get("signature_info") or {}
     common_name, issuer = signature.get("common_name", ""), signature.get("issuer", "")
     signer = f"{common_name} ({issuer})" if common_name and issuer else common_name or issuer

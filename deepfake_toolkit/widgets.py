@@ -183,6 +183,8 @@ class Explorer(widgets.VBox):
         self.device = device
         self.gallery_size = gallery_size
         self.results = with_known_labels(results_frame([]))
+        self._detectors: dict[str, Any] = {}
+        self._cropper: Any = None
         self.error = ""
         self._root: Path | None = None
         self._stop = threading.Event()
@@ -534,9 +536,10 @@ class Explorer(widgets.VBox):
         try:
             detector = self._detector(model)
             image = load_image(path)
+            if self._cropper is None:
+                self._cropper = FaceCropper(device=detector.device)
             explanation = explain_image(image, detector, face_crop=self.face_crop_box.value,
-                                        cropper=FaceCropper(device=detector.device),
-                                        path=path)
+                                        cropper=self._cropper, path=path)
             overlay = explanation.image_overlay(image)
         except (ExplainUnavailableError, ImageReadError) as exc:
             message = html.escape(str(exc))
@@ -556,10 +559,9 @@ class Explorer(widgets.VBox):
     def _detector(self, model: str):
         from .models import load_model
 
-        cache = self.__dict__.setdefault("_detectors", {})
-        if model not in cache:
-            cache[model] = load_model(model, self.weights_dir, self.device)
-        return cache[model]
+        if model not in self._detectors:
+            self._detectors[model] = load_model(model, self.weights_dir, self.device)
+        return self._detectors[model]
 
     def _render_figure(self) -> None:
         with self._lock:

@@ -128,6 +128,16 @@ def test_edited_after_signing_reads_invalid(signed_files):
     assert cells["c2pa_source_type"] == "trainedAlgorithmicMedia"  # what the manifest claims
 
 
+def test_damaged_manifest_reads_as_error(signed_files, tmp_path):
+    data = bytearray(signed_files["signed"].read_bytes())
+    start = data.index(b"jumb") + 20  # inside the manifest store's first box
+    data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
+    (tmp_path / "damaged.jpg").write_bytes(bytes(data))
+    cells = read_provenance(tmp_path / "damaged.jpg")
+    assert cells["c2pa_status"] == "error" and cells["c2pa_codes"]
+    assert cells["c2pa_signer"] == "" and cells["provenance_says_ai"] is False
+
+
 def test_no_manifest_and_remote_manifest(signed_files):
     plain = read_provenance(signed_files["plain"])
     assert plain["c2pa_status"] == "none"
