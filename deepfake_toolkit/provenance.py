@@ -33,7 +33,8 @@ C2PA_STATUSES = ("none", "valid", "untrusted", "invalid", "remote", "error", "un
 """Values of ``c2pa_status``:
 
 - ``none``: no C2PA manifest in the file.
-- ``valid``: a manifest whose signature and hashes check and whose certificate is trusted.
+- ``valid``: a manifest whose signature and hashes check and whose certificate chains to a trust
+  anchor (the PEM file named by :data:`TRUST_ANCHORS_ENV`; none by default).
 - ``untrusted``: signature and hashes check, but the signing certificate is not on the trust
   list (test certificates, self-signed tools): the file is unchanged since signing, by a signer
   nobody vouches for.
@@ -88,6 +89,10 @@ _EXIF_IFD = 0x8769
 _EXIF_MAKE, _EXIF_MODEL, _EXIF_SOFTWARE = 0x010F, 0x0110, 0x0131
 _EXIF_DATETIME_ORIGINAL, _EXIF_USER_COMMENT = 0x9003, 0x9286
 _C2PA_SETTINGS = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+TRUST_ANCHORS_ENV = "DEEPFAKE_TOOLKIT_C2PA_TRUST_ANCHORS"
+"""Environment variable naming a PEM file of certificates to trust as C2PA signers' roots (e.g. a
+saved copy of the C2PA trust list). Without it no signer is trusted: intact manifests read as
+"untrusted"."""
 _REMOTE_URL = re.compile(r"from url (\S+)")
 _COMFY_MODEL_INPUTS = ("ckpt_name", "unet_name", "model_name")
 
@@ -151,12 +156,15 @@ def _split(text: str) -> list[str]:
 # --- C2PA ---------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=None)
-def _c2pa_context(pid: int):
+def _c2pa_context(pid: int, trust_anchors: str):
     # One context per process: DataLoader workers are forked, and a native handle should not be
     # shared across a fork.
     import c2pa
 
-    return c2pa.Context.from_dict(_C2PA_SETTINGS)
+    settings: dict[str, Any] = dict(_C2PA_SETTINGS)
+    if trust_anchors:
+        settings["trust"] = {"trust_anchors": Path(trust_anchors).expanduser().read_text()}
+    return c2pa.Context.from_dict(settings)
 
 
 def read_c2pa(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -166,7 +174,8 @@ def read_c2pa(path: str | os.PathLike[str]) -> dict[str, str]:
     except ImportError:
         return {"c2pa_status": "unavailable"}
     try:
-        reader = c2pa.Reader(str(path), context=_c2pa_context(os.getpid()))
+        context = _c2pa_context(os.getpid(), os.environ.get(TRUST_ANCHORS_ENV, ""))
+        reader = c2pa.Reader(str(path), context=context)
     except c2pa.C2paError as exc:
         message = str(exc)
         kind = type(exc).__name__

@@ -113,6 +113,15 @@ def test_signed_image_columns_match_the_manifest_written(signed_files):
     assert cells["provenance_says_ai"] is True
 
 
+def test_signer_under_a_trust_anchor_reads_valid(signed_files, monkeypatch):
+    from deepfake_toolkit.provenance import TRUST_ANCHORS_ENV
+
+    monkeypatch.setenv(TRUST_ANCHORS_ENV, str(FIXTURES / "es256_certs.pem"))
+    cells = read_provenance(signed_files["signed"])
+    assert cells["c2pa_status"] == "valid" and cells["c2pa_codes"] == ""
+    assert read_provenance(signed_files["edited"])["c2pa_status"] == "invalid"
+
+
 def test_camera_source_type_does_not_say_ai(signed_files):
     cells = read_provenance(signed_files["camera_signed"])
     assert cells["c2pa_source_type"] == "digitalCapture"
