@@ -306,23 +306,38 @@ def test_pipeline_rows_carry_the_files_provenance(signed_files, tmp_path):
     assert off["provenance_says_ai"].isna().all()
 
 
-def test_cli_provenance_and_stability(signed_files, tmp_path, random_default_weights):
+def test_cli_provenance_and_stability(signed_files, tmp_path, random_default_weights, capsys):
     from deepfake_toolkit import read_csv
-
-    from .test_cli import run_cli
+    from deepfake_toolkit.cli import main
 
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "signed.jpg").write_bytes(signed_files["signed"].read_bytes())
     _pixels(4).save(folder / "camera.jpg", exif=_exif())
     out = tmp_path / "out.csv"
-    result = run_cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
-                     "--quiet", "--no-face-crop", "--stability")
-    assert result.returncode == 0, result.stderr
-    assert "of 2 verdicts flipped under re-encoding" in result.stdout
+    assert main(["classify", str(folder), "-o", str(out), "--weights-dir",
+                 str(random_default_weights), "--quiet", "--no-face-crop", "--stability"]) == 0
+    assert "of 2 verdicts flipped under re-encoding" in capsys.readouterr().out
     table = read_csv(out).set_index("path")
     signed = table.loc[str(folder / "signed.jpg")]
     assert signed["c2pa_status"] == "untrusted" and signed["provenance_says_ai"]
     assert table.loc[str(folder / "camera.jpg"), "exif_make"] == "Canon"
     assert table["stability_scores"].str.count("=").tolist() == [3, 3]
     assert (table["stability_spread"] >= 0).all()
+
+
+def test_without_c2pa_python_the_rest_is_read_and_the_cli_says_how(tmp_path, monkeypatch):
+    import sys
+
+    from deepfake_toolkit.cli import _provenance_note
+    from deepfake_toolkit.results import results_frame
+
+    path = tmp_path / "camera.jpg"
+    _pixels().save(path, exif=_exif())
+    monkeypatch.setitem(sys.modules, "c2pa", None)  # as if not installed
+    cells = read_provenance(path)
+    assert cells["c2pa_status"] == "unavailable" and cells["exif_make"] == "Canon"
+    note = _provenance_note(results_frame([{"path": str(path), "model": "m", **cells}]))
+    assert 'pip install "deepfake-toolkit[provenance]"' in note
+    assert _provenance_note(results_frame([{"path": "x", "model": "m",
+                                            "c2pa_status": "none"}])) is None
