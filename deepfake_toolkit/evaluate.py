@@ -386,7 +386,8 @@ def score_labelled(
         perturbations: Robustness conditions, each applied to every image of both classes after
             decoding and before face detection (e.g. :data:`ROBUSTNESS_SUITE`).
         **classify_options: Passed to :func:`~deepfake_toolkit.pipeline.classify_files`
-            (no_face, batch_size, device, num_workers, weights_dir, progress, ...).
+            (no_face, batch_size, device, num_workers, weights_dir, progress, provenance, ...);
+            ``stability=True`` checks the unperturbed images only.
 
     Returns:
         The per-image table: :data:`PER_IMAGE_COLUMNS`, one row per image, model and perturbation,
