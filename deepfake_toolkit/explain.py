@@ -29,7 +29,7 @@ from torch import nn
 
 from .faces import FaceCropConfig, FaceCropper, crop_window
 from .images import DEFAULT_MAX_PIXELS, load_image
-from .models import Detector, load_model
+from .models import Detector, load_model, resolve_device
 from .models.spec import ModelSpec
 
 EXPLAIN_EXTRA = 'pip install "deepfake-toolkit[explain]"'
@@ -270,7 +270,7 @@ def explain_files(
         output_dir: Folder for the images and ``explain.csv``; None writes nothing.
         face_crop: Explain the face crop the pipeline scores (else the whole image).
         face_config: Face-crop knobs, as for classification.
-        device: Where the models run.
+        device: Where the models run: "auto", "cpu" or "cuda".
         weights_dir: Folder searched first for weight files.
         max_pixels: Refuse images larger than this.
 
@@ -278,9 +278,10 @@ def explain_files(
         A table with :data:`EXPLAIN_COLUMNS`; unreadable files get a row with their ``error``.
     """
     models = [model] if isinstance(model, (str, Detector)) else list(model)
-    detectors = [m if isinstance(m, Detector) else load_model(m, weights_dir, device)
+    resolved = resolve_device(device)
+    detectors = [m if isinstance(m, Detector) else load_model(m, weights_dir, resolved)
                  for m in models]
-    cropper = FaceCropper(face_config, device=device) if face_crop else None
+    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
     folder = Path(output_dir).expanduser() if output_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -324,6 +325,7 @@ def _error_row(path: Path, model: str, error: str) -> dict:
 
 def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[str],
                  face_crop: bool = True, *, by: str = "true_label",
+                 face_config: FaceCropConfig | None = None,
                  device: str | torch.device = "cpu",
                  weights_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Heatmaps of the ``n`` highest-scored images of each group, per model (for reports).
@@ -335,7 +337,8 @@ def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[
         face_crop: As the table was scored.
         by: The grouping column (e.g. ``true_label``: the most fake-looking reals are the false
             alarms worth seeing).
-        device, weights_dir: As for :func:`explain_files`.
+        face_config, device, weights_dir: As for :func:`explain_files` (``face_config`` should
+            be the one the table was scored with).
 
     Returns:
         :data:`EXPLAIN_COLUMNS` plus ``by``, one row per image and model.
@@ -348,7 +351,7 @@ def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[
         chosen = (rows.sort_values("fake_score", ascending=False)
                   .groupby(by, sort=True).head(n) if by in rows else rows.nlargest(n, "fake_score"))
         table = explain_files(chosen["path"].tolist(), str(model), output_dir, face_crop,
-                              device=device, weights_dir=weights_dir)
+                              face_config=face_config, device=device, weights_dir=weights_dir)
         if by in chosen:
             table[by] = chosen[by].to_numpy()
         tables.append(table)
