@@ -75,10 +75,32 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
                              "threshold if it has one, else five score bands)")
     parser.add_argument("--bands", action="store_true",
                         help="label with the five score bands even if the model has a threshold")
+    _add_evidence_options(parser)
     _add_engine_options(parser)
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_classify
+
+
+def _add_evidence_options(parser: argparse.ArgumentParser) -> None:
+    """--provenance / --no-provenance and --stability."""
+    parser.add_argument("--provenance", action=argparse.BooleanOptionalAction, default=True,
+                        help="read each file's C2PA Content Credentials, XMP/EXIF metadata and "
+                             "image-generator parameters into the provenance columns (default: "
+                             "on; about 1 ms per image; nothing goes to the network)")
+    parser.add_argument("--stability", action="store_true",
+                        help="also score each image re-encoded as JPEG quality 90 and 75 and "
+                             "downscaled to 0.75 (4x the work); the label becomes 'uncertain' "
+                             "when the verdict flips")
+
+
+def _provenance_note(frame) -> str | None:
+    """A note when C2PA could not be checked because c2pa-python is missing."""
+    if "c2pa_status" in frame and (frame["c2pa_status"] == "unavailable").any():
+        return ("note: C2PA Content Credentials were not checked (c2pa_status 'unavailable'): "
+                "install them with pip install \"deepfake-toolkit[provenance]\"; the other "
+                "provenance columns were read.")
+    return None
 
 
 def _run_classify(args: argparse.Namespace) -> int:
@@ -107,16 +129,24 @@ def _run_classify(args: argparse.Namespace) -> int:
             files, model=models, face_crop=not args.no_face_crop, no_face=args.no_face,
             face_config=_face_config(args), threshold=args.threshold, bands=args.bands,
             batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-            weights_dir=args.weights_dir, output_csv=output, progress=not args.quiet)
+            weights_dir=args.weights_dir, provenance=args.provenance,
+            stability=args.stability, output_csv=output, progress=not args.quiet)
     except ClassificationInterrupted as stopped:
         print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}",
               file=sys.stderr)
         return 130
+    note = _provenance_note(frame)
+    if note:
+        print(note, file=sys.stderr)
     counts = summary(frame)
     rate = frame.attrs.get("images_per_second", float("nan"))
     print(f"{len(files)} files, {counts['scored']} scored, {counts['fakes']} labelled fake, "
           f"{counts['no_face']} without a face, {counts['errors']} errors, "
           f"{rate:.1f} images/s; wrote {output}")
+    if args.stability:
+        flipped = int((frame["stability_reason"] != "").sum())
+        print(f"{flipped} of {counts['scored']} verdicts flipped under re-encoding (labelled "
+              "uncertain)")
     return 0
 
 
@@ -307,6 +337,10 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--robustness", action="store_true",
                         help="also score under JPEG quality 95/75/50/30, blur sigma 1/2/3 and "
                              "downscaling by 1/2 and 1/4, applied to both classes (10x the work)")
+    _add_evidence_options(parser)
+    parser.add_argument("--explain", type=int, metavar="N",
+                        help="add to the report the heatmaps of the N highest-scored images of "
+                             "each class, per model (needs the explain extra)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
@@ -325,6 +359,10 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
     if args.from_csv and args.robustness:
         raise UsageError("--robustness needs images to perturb; the robustness rows of an "
                          "earlier run are in its per_image.csv already")
+    if args.explain is not None and args.explain < 1:
+        raise UsageError("--explain must be at least 1")
+    if args.from_csv and args.stability:
+        raise UsageError("--stability needs images to re-encode; run it when scoring a folder")
     if args.directory and not Path(args.directory).expanduser().is_dir():
         raise UsageError(f"{args.directory} is not a folder")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -378,7 +416,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 perturbations = ROBUSTNESS_SUITE if args.robustness else ()
                 per_image = evaluate.score_labelled(
                     labelled, models, not args.no_face_crop, perturbations=perturbations,
-                    **classify_options)
+                    provenance=args.provenance, stability=args.stability, **classify_options)
                 settings = {"root": str(args.directory), "labels": str(args.labels),
                             "face_crop": not args.no_face_crop,
                             "perturbations": [p.name for p in perturbations]}
@@ -393,6 +431,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         result = evaluate.evaluate_table(per_image, points, n_bootstrap=args.bootstrap,
                                          seed=args.seed, notes=notes, settings=settings)
+        if args.explain:
+            from .explain import ExplainUnavailableError, top_heatmaps
+
+            try:
+                result.heatmaps = top_heatmaps(
+                    result.per_image, args.explain, Path(args.report) / "heatmaps",
+                    face_crop=bool(result.per_image["face_crop"].any()),
+                    face_config=classify_options["face_config"], device=args.device,
+                    weights_dir=args.weights_dir)
+            except ExplainUnavailableError as exc:
+                raise UsageError(str(exc)) from None
         written = result.write(args.report)
     for warning in caught:
         if not issubclass(warning.category, evaluate.ConfoundWarning):
@@ -401,6 +450,93 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {written['report']}, {written['metrics_json'].name}, "
           f"{written['metrics_csv'].name}, {written['per_image'].name} and "
           f"{written['operating_points'].name} in {Path(args.report)}")
+    return 0
+
+
+EXPLAIN_MAX_FILES = 100
+"""Most files ``explain`` takes: heatmaps are for a chosen few images, not a folder."""
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> Callable:
+    parser = commands.add_parser(
+        "explain", help="heatmaps of where a model saw evidence of a fake, for a few images",
+        description="Score a few chosen images as 'classify' does and draw a Grad-CAM heatmap "
+                    "of the regions that raised the fake score, over the scored crop and over "
+                    "the whole image. Writes NNN_<name>__<model>_crop.png, "
+                    "NNN_<name>__<model>_image.png and explain.csv to OUTDIR. A heatmap is a "
+                    "coarse hint of what the model looked at, not proof of what is fake. Needs: "
+                    "pip install 'deepfake-toolkit[explain]'.")
+    parser.add_argument("files", metavar="FILE", nargs="*",
+                        help="image files (not folders: pick a few, or use --top)")
+    parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
+                        help="model to explain (repeat for several; default: default)")
+    parser.add_argument("-o", "--output", metavar="OUTDIR", required=True,
+                        help="folder for the heatmap images and explain.csv")
+    parser.add_argument("--top", type=int, metavar="N",
+                        help="also explain the N files with the highest fake_score in --scores")
+    parser.add_argument("--scores", metavar="SCORES.csv",
+                        help="a CSV written by 'classify', for --top")
+    parser.add_argument("--no-face-crop", action="store_true",
+                        help="explain whole images instead of face crops (images without a "
+                             "face are explained whole either way)")
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                        help="where to run (default: cpu)")
+    parser.add_argument("--weights-dir", metavar="DIR",
+                        help="folder searched first for weight files")
+    return _run_explain
+
+
+def _explain_files(args: argparse.Namespace, models: list[str]) -> list[Path]:
+    from .results import read_csv
+
+    files = [Path(f).expanduser() for f in args.files]
+    for file in files:
+        if file.is_dir():
+            raise UsageError(f"{file} is a folder: explain takes a few image files (heatmaps "
+                             "cost a backward pass each); score the folder with 'classify' "
+                             "and use --top N --scores SCORES.csv")
+        if not file.exists():
+            raise UsageError(f"{file} does not exist")
+    if args.top is not None:
+        if args.top < 1:
+            raise UsageError("--top must be at least 1")
+        if not args.scores or not Path(args.scores).expanduser().is_file():
+            raise UsageError("--top needs --scores SCORES.csv (written by 'classify')")
+        table = read_csv(Path(args.scores).expanduser())
+        table = table[table["model"].isin(models) & table["fake_score"].notna()]
+        ranked = table.sort_values("fake_score", ascending=False)["path"].drop_duplicates()
+        files.extend(Path(p) for p in ranked.head(args.top))
+    files = list(dict.fromkeys(files))
+    if not files:
+        raise UsageError("give image files, or --top N --scores SCORES.csv")
+    if len(files) > EXPLAIN_MAX_FILES:
+        raise UsageError(f"{len(files)} files: explain takes at most {EXPLAIN_MAX_FILES}; pick "
+                         "the ones that matter (e.g. --top N)")
+    return files
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from .explain import ExplainUnavailableError, explain_files
+    from .models import get_spec
+
+    models = args.models or ["default"]
+    for name in models:
+        if get_spec(name).explain_layer is None:
+            raise UsageError(f"model '{name}' names no layer for heatmaps")
+    files = _explain_files(args, models)
+    try:
+        table = explain_files(files, models, args.output, face_crop=not args.no_face_crop,
+                              device=args.device, weights_dir=args.weights_dir)
+    except ExplainUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    for row in table.itertuples():
+        if row.error:
+            print(f"{row.path}: {row.error}", file=sys.stderr)
+        else:
+            print(f"{row.path}  {row.model}  fake_score {row.fake_score:.3f}  ({row.region})  "
+                  f"-> {Path(row.image_file).name}")
+    print(f"wrote {len(table) - (table['error'] != '').sum()} heatmaps and explain.csv to "
+          f"{args.output}")
     return 0
 
 
@@ -589,7 +725,7 @@ def _run_notebooks(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], Callable]] = [
-    _add_classify, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train,
+    _add_classify, _add_explain, _add_models, _add_weights, _add_evaluate, _add_serve, _add_train,
     _add_samples, _add_batch, _add_notebooks]
 """Functions that add a subcommand and return the function that runs it."""
 

@@ -386,7 +386,8 @@ def score_labelled(
         perturbations: Robustness conditions, each applied to every image of both classes after
             decoding and before face detection (e.g. :data:`ROBUSTNESS_SUITE`).
         **classify_options: Passed to :func:`~deepfake_toolkit.pipeline.classify_files`
-            (no_face, batch_size, device, num_workers, weights_dir, progress, ...).
+            (no_face, batch_size, device, num_workers, weights_dir, progress, provenance, ...);
+            ``stability=True`` checks the unperturbed images only.
 
     Returns:
         The per-image table: :data:`PER_IMAGE_COLUMNS`, one row per image, model and perturbation,
@@ -399,9 +400,12 @@ def score_labelled(
                          "write_per_image")
     labelled = _check_label_table(labelled)
     files = list(labelled["path"])
+    # The stability check re-encodes the clean images itself; perturbed copies skip it.
+    stability = bool(classify_options.pop("stability", False))
     frames = []
     for perturbation in (None, *perturbations):
         frame = classify_files(files, model=model, face_crop=face_crop, perturb=perturbation,
+                               stability=stability and perturbation is None,
                                **classify_options)
         frame["perturbation"] = perturbation_name(perturbation)
         frames.append(frame)
@@ -817,6 +821,8 @@ class Evaluation:
         operating_points: Model name -> :class:`OperatingPoint` used for the verdicts.
         notes: Caveats to read with the numbers.
         settings: How the evaluation was run (for the record in the JSON and the report).
+        heatmaps: Heatmaps to show in the report (from
+            :func:`deepfake_toolkit.explain.top_heatmaps`), or None.
     """
 
     per_image: pd.DataFrame
@@ -827,6 +833,7 @@ class Evaluation:
     operating_points: dict[str, OperatingPoint]
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    heatmaps: pd.DataFrame | None = None
 
     @property
     def models(self) -> list[str]:

@@ -26,6 +26,7 @@ from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePo
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
+from .provenance import empty_provenance, read_provenance
 from .results import PendingCsv, label_scheme, results_frame
 
 ModelArg = str | Detector | Sequence[str | Detector]
@@ -44,6 +45,7 @@ class _Item:
     region: str = ""
     scored_faces: list[Face | None] = field(default_factory=list)
     tensors: list[torch.Tensor] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=empty_provenance)
 
 
 class _FileDataset(Dataset):
@@ -51,8 +53,10 @@ class _FileDataset(Dataset):
 
     def __init__(self, paths: list[Path], transforms: list[ImageTransform],
                  cropper: FaceCropper | None, detect_here: bool, no_face: NoFacePolicy,
-                 max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None) -> None:
+                 max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None,
+                 provenance: bool = False) -> None:
         self.paths = paths
+        self.provenance = provenance
         self.perturb = perturb
         self.transforms = transforms
         self.cropper = cropper
@@ -73,6 +77,10 @@ class _FileDataset(Dataset):
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
             _fail(item, "reading", exc)
             return item
+        # Only files that decoded as an image are opened again for their metadata: a FIFO, a
+        # device or a format the toolkit does not decode never reaches the metadata readers.
+        if self.provenance:
+            item.provenance = read_provenance(self.paths[index])
         item.width, item.height = image.size
         stage = "perturbing the image"
         try:
@@ -169,6 +177,8 @@ def classify_files(
     weights_dir: str | os.PathLike[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     perturb: Callable[[Image.Image], Image.Image] | None = None,
+    provenance: bool = True,
+    stability: bool = False,
     output_csv: str | os.PathLike[str] | None = None,
     progress: bool = True,
     stop: threading.Event | None = None,
@@ -196,6 +206,12 @@ def classify_files(
         perturb: Applied to every decoded image before face detection (e.g. JPEG re-compression
             for robustness tests); must be picklable when workers are used. ``width`` and
             ``height`` stay those of the file.
+        provenance: Read each file's C2PA manifest and metadata into the provenance columns
+            (about 1 ms per image; see :mod:`deepfake_toolkit.provenance`). Without c2pa-python
+            installed, ``c2pa_status`` is "unavailable" and the rest is still read.
+        stability: Also score each image under mild re-encodings (JPEG quality 90 and 75,
+            downscale to 0.75; 4x the work) and label it "uncertain" when the verdict flips (see
+            :mod:`deepfake_toolkit.stability`).
         output_csv: Also write the table here (atomically, text cells made safe, see
             :func:`~deepfake_toolkit.results.write_csv`). The file is reserved before anything
             is scored, so a folder that cannot be written fails at once.
@@ -223,6 +239,9 @@ def classify_files(
         raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if stability and perturb is not None:
+        raise ValueError("stability=True re-encodes the files itself; it cannot be combined "
+                         "with perturb")
     paths = [Path(f).expanduser() for f in files]
     pending = PendingCsv(output_csv) if output_csv is not None else None
     with pending or contextlib.nullcontext():
@@ -249,7 +268,8 @@ def classify_files(
                    else num_workers)
         dataset = _FileDataset(paths, unique, cropper,
                                detect_here=cropper is None or detect_in_workers,
-                               no_face=no_face, max_pixels=max_pixels, perturb=perturb)
+                               no_face=no_face, max_pixels=max_pixels, perturb=perturb,
+                               provenance=provenance)
         # Files come back one at a time (the progress bar moves per image) and are scored in
         # batches; each worker keeps up to a batch of files ready while the models run.
         loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
@@ -298,6 +318,19 @@ def classify_files(
         n_done = len(rows) // len(detectors)
         frame.attrs.update(seconds=seconds, stopped=stopped,
                            images_per_second=n_done / seconds if seconds > 0 else math.nan)
+        if stability and not stopped:
+            from .stability import check_stability
+
+            try:
+                frame = check_stability(frame, paths[:n_done], detectors, face_crop=face_crop,
+                                        no_face=no_face, face_config=face_config,
+                                        threshold=threshold, bands=bands,
+                                        batch_size=batch_size, device=resolved,
+                                        num_workers=num_workers, max_pixels=max_pixels,
+                                        progress=progress, stop=stop)
+            except KeyboardInterrupt:
+                # Ctrl+C during the re-encoded runs: keep the scores, without stability.
+                interrupted = True
         if pending is not None:
             pending.write(frame)
         if interrupted:
@@ -446,4 +479,5 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, error: str, scheme, f
         "width": item.width,
         "height": item.height,
         "error": error,
+        **item.provenance,
     }

@@ -143,12 +143,68 @@ def report_html(evaluation: Evaluation, title: str = "Deepfake detector evaluati
                   f'<div class="scroll">{_table_html(per_subset[columns])}</div>']
     if not evaluation.robustness.empty:
         parts += ["<h2>Robustness table</h2>", _table_html(evaluation.robustness)]
+    parts += _evidence_html(evaluation.per_image)
+    parts += _heatmaps_html(evaluation.heatmaps)
     parts += ["<h2>Confound check</h2>",
               '<p class="caption">How well each nuisance feature alone separates fake from real '
               "(AUC; 0.5 = not at all). Flagged features can let a detector score well without "
               "seeing the fake.</p>", _table_html(evaluation.confounds),
               "</body></html>"]
     return "\n".join(parts)
+
+
+def _evidence_html(per_image: pd.DataFrame) -> list[str]:
+    """The provenance and stability summary per true class, with what it cannot show."""
+    from .evidence import EVIDENCE_CAVEAT, evidence_summary
+
+    summary = evidence_summary(per_image, by="true_label").rename(columns={"group": "class"})
+    checked = summary[(summary["provenance_checked"] > 0) | (summary["stability_checked"] > 0)]
+    if checked.empty:
+        return []
+    return ["<h2>Provenance and stability per class</h2>",
+            '<p class="caption">Counts of files, and shares of the files checked: a C2PA '
+            "manifest present, its digital source type saying generated, the manifest invalid, "
+            "any metadata saying generated (C2PA, XMP, generator parameters or a generator named "
+            "as software), a camera make in EXIF, generator parameters; and the share of verdicts "
+            "that flipped under re-encoding with the median score spread.</p>",
+            f'<div class="scroll">{_table_html(checked)}</div>',
+            f'<p class="caption">{html.escape(EVIDENCE_CAVEAT)}</p>']
+
+
+HEATMAP_SIDE = 320
+"""Longest side, in pixels, of a heatmap embedded in the report."""
+
+
+def _heatmaps_html(heatmaps: pd.DataFrame | None) -> list[str]:
+    """The heatmaps (whole image with the map over the scored crop), embedded as PNG data."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if heatmaps is None or heatmaps.empty:
+        return []
+    cards = []
+    for row in heatmaps[heatmaps["error"] == ""].itertuples(index=False):
+        with Image.open(row.image_file) as image:
+            image = image.convert("RGB")
+            image.thumbnail((HEATMAP_SIDE, HEATMAP_SIDE))
+            buffer = io.BytesIO()
+            image.save(buffer, "PNG")
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        group = getattr(row, "true_label", "")
+        caption = (f"{Path(row.path).name}<br>{html.escape(str(row.model))}: fake_score "
+                   f"{row.fake_score:.3f}" + (f" · true {html.escape(str(group))}" if group
+                                              else ""))
+        cards.append(f'<figure style="display:inline-block;margin:6px;vertical-align:top">'
+                     f'<img src="data:image/png;base64,{data}" alt="heatmap">'
+                     f'<figcaption class="caption">{caption}</figcaption></figure>')
+    return ["<h2>Heatmaps</h2>",
+            '<p class="caption">The highest-scored images of each class: where the model found '
+            "evidence of a fake (Grad-CAM; bright = raised the score), over the scored crop "
+            "(white) with the face box (green). For real images these are the likeliest false "
+            "alarms. A heatmap is a coarse hint of what the model looked at, not proof.</p>",
+            "<div>" + "".join(cards) + "</div>"]
 
 
 def write_report(evaluation: Evaluation, folder: str | os.PathLike[str]) -> dict[str, Path]:

@@ -15,10 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from .images import printable_path
 from .models.registry import make_readable
+from .provenance import PROVENANCE_COLUMNS, PROVENANCE_TEXT_COLUMNS
+
+STABILITY_COLUMNS: tuple[str, ...] = ("stability_spread", "stability_scores", "stability_reason")
+"""Columns the stability check (``stability=True``) fills; see :mod:`deepfake_toolkit.stability`."""
 
 COLUMNS: tuple[str, ...] = (
     "path",
@@ -35,6 +40,8 @@ COLUMNS: tuple[str, ...] = (
     "width",
     "height",
     "error",
+    *PROVENANCE_COLUMNS,
+    *STABILITY_COLUMNS,
 )
 """Columns of every result table, in order:
 
@@ -53,6 +60,19 @@ COLUMNS: tuple[str, ...] = (
 - ``face_prob``: detector probability of that face, or empty.
 - ``width``, ``height``: image size after EXIF orientation.
 - ``error``: why the file could not be read or scored, or "".
+- Provenance (the same on every model's row of a file; empty when not checked), see
+  :func:`deepfake_toolkit.provenance.read_provenance`: ``c2pa_status`` (none, valid, untrusted,
+  invalid, remote, error, unavailable), ``c2pa_signer``, ``c2pa_claim_generator``,
+  ``c2pa_source_type`` (IPTC digital source type, e.g. trainedAlgorithmicMedia),
+  ``c2pa_actions``, ``c2pa_codes`` (validation failure codes), ``c2pa_remote_url``;
+  ``xmp_source_type``, ``xmp_creator_tool``; ``exif_make``, ``exif_model``, ``exif_software``,
+  ``exif_datetime``; ``generator``, ``generator_model``, ``generator_params`` (image-generator
+  parameters); ``provenance_says_ai`` (True / False, missing when not checked). Several values in
+  one cell are separated by "; ".
+- Stability (filled by ``stability=True``): ``stability_spread`` (largest minus smallest score
+  over the file as it is and its mild re-encodings), ``stability_scores`` (each re-encoding's
+  score, "jpeg_q90=0.4123; ..."), ``stability_reason`` (why the label is "uncertain" when the
+  verdict flips, else "").
 """
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -65,7 +85,10 @@ ESCAPE_MARK = "%"
 _UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff%]")
 _ESCAPE = re.compile("%(u[0-9A-F]{4}|[0-9A-F]{2})")
 
-_TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error")
+_TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error",
+                 *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
+_FLOAT_COLUMNS = ("fake_score", "face_prob", "stability_spread")
+_NULLABLE_BOOL_COLUMNS = ("provenance_says_ai",)
 
 
 @dataclass(frozen=True)
@@ -151,8 +174,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                           for column in COLUMNS})
     if frame.empty:
         return empty_results()
-    frame["fake_score"] = pd.to_numeric(frame["fake_score"], errors="coerce").astype("float64")
-    frame["face_prob"] = pd.to_numeric(frame["face_prob"], errors="coerce").astype("float64")
+    for column in _FLOAT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     for column in ("n_faces", "width", "height"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in ("face_crop", "face_found"):
@@ -161,6 +184,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = text_series(["" if v is None or v is pd.NA or (isinstance(v, float)
                                                                      and math.isnan(v))
                                      else str(v) for v in frame[column]], frame.index)
+    for column in _NULLABLE_BOOL_COLUMNS:
+        frame[column] = frame[column].map(_nullable_bool).astype("boolean")
     return frame
 
 
@@ -168,6 +193,14 @@ def text_series(values: Iterable[Any], index: pd.Index) -> pd.Series:
     """A column of Python strings (dtype object). pandas would otherwise store strings as Arrow
     text, which cannot hold file names with bytes that are not UTF-8."""
     return pd.Series(list(values), index=index, dtype=object)
+
+
+def _nullable_bool(value: Any) -> bool | None:
+    """True / False from a bool or its CSV text; None (missing) for anything else."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    return True if text == "true" else False if text == "false" else None
 
 
 def _is_text(column: pd.Series) -> bool:
@@ -328,8 +361,8 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
     """
     text = {c: object for c in (*_TEXT_COLUMNS, *text_columns)}
     frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
-                        na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
-                                   "width": [""], "height": [""]})
+                        na_values={c: [""] for c in (*_FLOAT_COLUMNS, "n_faces", "width",
+                                                     "height")})
     frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
@@ -344,6 +377,9 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
     for column in ("n_faces", "width", "height"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in _NULLABLE_BOOL_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map(_nullable_bool).astype("boolean")
     return frame
 
 

@@ -179,6 +179,11 @@ re-enactment, or a fully generated face) and writes one CSV row per image and mo
   *error* mark files that were not scored; the `error` column says why.
 - With face crop on, the detected face (plus a margin) is scored, and `face_box` gives
   where it is; images without a face are scored whole (`region` = image).
+- The provenance columns say what the file's own metadata claims: C2PA Content
+  Credentials (`c2pa_status`, signer, digital source type; checked offline), XMP and
+  EXIF fields, and image-generator parameters; `provenance_says_ai` sums them up.
+  Absent metadata proves nothing (re-encoding strips it), and a valid C2PA signature
+  proves who signed, not that the content is true.
 
 ## Models
 {models_table}

@@ -30,17 +30,35 @@ from .explore_plots import LABEL_COLOURS, score_histogram, with_known_labels
 from .faces import NO_FACE_POLICIES, FaceCropConfig, crop_window
 from .images import ImageReadError, find_images, load_image, printable_path
 from .models import list_models, weights_available
+from .evidence import EVIDENCE_CAVEAT, MANIFEST_STATUSES
 from .pipeline import classify_files
 from .results import Threshold, results_frame, text_series, write_csv
+from .stability import relabel
 
 THUMBNAIL_SIDE = 200
 """Longest side, in pixels, of a gallery image."""
 FACE_SIDE = 96
 """Side, in pixels, of a gallery face crop."""
 TABLE_COLUMNS = ("file", "known_label", "model", "fake_score", "label", "region", "n_faces",
-                 "face_prob", "error")
+                 "face_prob", "c2pa_status", "provenance_says_ai", "generator",
+                 "stability_spread", "error")
 """Columns shown in the results table (the CSV export has the full schema)."""
 ALL = "(all)"
+PROVENANCE_FILTERS = {
+    "metadata says generated": lambda t: t["provenance_says_ai"].fillna(False).astype(bool),
+    "has a C2PA manifest": lambda t: t["c2pa_status"].isin(MANIFEST_STATUSES),
+    "C2PA invalid": lambda t: t["c2pa_status"] == "invalid",
+    "camera EXIF": lambda t: t["exif_make"] != "",
+    "no provenance metadata": lambda t: (
+        ~t["c2pa_status"].isin(MANIFEST_STATUSES) & (t["exif_make"] == "")
+        & (t["xmp_source_type"] == "") & (t["generator"] == "")),
+}
+"""The explorer's provenance filter: name -> row mask of a result table."""
+STABILITY_FILTERS = {
+    "verdict flipped": lambda t: t["stability_reason"] != "",
+    "stable": lambda t: t["stability_spread"].notna() & (t["stability_reason"] == ""),
+}
+"""The explorer's stability filter: name -> row mask of a result table."""
 
 
 def model_options(weights_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
@@ -94,6 +112,30 @@ def _is_box(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and len(value) == 4
 
 
+def provenance_lines(row: pd.Series) -> list[str]:
+    """HTML lines saying what a result row's provenance columns found (nothing when empty)."""
+    lines = []
+    status = row.get("c2pa_status", "")
+    if status in MANIFEST_STATUSES:
+        detail = ", ".join(html.escape(str(row[c])) for c in ("c2pa_signer", "c2pa_source_type")
+                           if row.get(c))
+        lines.append(f"C2PA {html.escape(status)}" + (f": {detail}" if detail else ""))
+    if row.get("generator"):
+        model = f" ({html.escape(row['generator_model'])})" if row.get("generator_model") else ""
+        lines.append(f"generator: {html.escape(row['generator'])}{model}")
+    if row.get("xmp_source_type"):
+        lines.append(f"XMP source type: {html.escape(row['xmp_source_type'])}")
+    camera = " ".join(str(row[c]) for c in ("exif_make", "exif_model") if row.get(c))
+    if camera:
+        lines.append(f"camera: {html.escape(camera)}")
+    if row.get("exif_software"):
+        lines.append(f"software: {html.escape(row['exif_software'])}")
+    says_ai = row.get("provenance_says_ai")
+    if says_ai is True or (says_ai is not None and not pd.isna(says_ai) and bool(says_ai)):
+        lines.append("<b style='color:#b00020'>metadata says generated</b>")
+    return lines
+
+
 class Explorer(widgets.VBox):
     """Classify a folder and inspect the results: table, gallery with face boxes, histogram.
 
@@ -110,6 +152,8 @@ class Explorer(widgets.VBox):
         weights_dir: Folder searched first for weight files.
         device: "auto", "cpu" or "cuda".
         gallery_size: Most images shown in the gallery at once.
+        stability: Start with the stability check on (each image is also scored re-encoded as
+            JPEG 90 and 75 and downscaled to 0.75: 4x the work).
 
     Attributes:
         results: The last run's table (result schema plus ``known_label``), relabelled with the
@@ -131,6 +175,7 @@ class Explorer(widgets.VBox):
         weights_dir: str | os.PathLike[str] | None = None,
         device: str = "auto",
         gallery_size: int = 24,
+        stability: bool = False,
     ) -> None:
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -138,6 +183,8 @@ class Explorer(widgets.VBox):
         self.device = device
         self.gallery_size = gallery_size
         self.results = with_known_labels(results_frame([]))
+        self._detectors: dict[str, Any] = {}
+        self._cropper: Any = None
         self.error = ""
         self._root: Path | None = None
         self._stop = threading.Event()
@@ -159,6 +206,8 @@ class Explorer(widgets.VBox):
             value=no_face if no_face in NO_FACE_POLICIES else "whole",
             description="No face found:", style={"description_width": "initial"},
             disabled=not face_crop)
+        self.stability_box = widgets.Checkbox(
+            value=stability, description="Stability check (4x the work)", indent=False)
         self.threshold_slider = widgets.FloatSlider(
             value=threshold, min=0.0, max=1.0, step=0.01, description="Fake if score ≥",
             readout_format=".2f", continuous_update=False, style={"description_width": "initial"})
@@ -171,8 +220,13 @@ class Explorer(widgets.VBox):
 
         self.label_filter = widgets.Dropdown(options=[ALL], value=ALL, description="Verdict")
         self.known_filter = widgets.Dropdown(options=[ALL], value=ALL, description="Known label")
+        self.provenance_filter = widgets.Dropdown(
+            options=[ALL, *PROVENANCE_FILTERS], value=ALL, description="Provenance")
+        self.stability_filter = widgets.Dropdown(
+            options=[ALL, *STABILITY_FILTERS], value=ALL, description="Stability")
         self.sort_select = widgets.Dropdown(
-            options=["fake_score", "file", "model", "label", "known_label", "face_prob"],
+            options=["fake_score", "file", "model", "label", "known_label", "face_prob",
+                     "stability_spread"],
             value="fake_score", description="Sort by")
         self.descending_box = widgets.Checkbox(value=True, description="descending",
                                                indent=False)
@@ -195,21 +249,24 @@ class Explorer(widgets.VBox):
         self.stop_button.on_click(lambda _: self.stop())
         self.export_button.on_click(lambda _: self.export_csv())
         self.threshold_slider.observe(lambda _: self._relabel(), names="value")
-        for control in (self.label_filter, self.known_filter, self.sort_select,
-                        self.descending_box, self.score_range):
+        for control in (self.label_filter, self.known_filter, self.provenance_filter,
+                        self.stability_filter, self.sort_select, self.descending_box,
+                        self.score_range):
             control.observe(self._on_view_control, names="value")
 
         settings = widgets.VBox([
             self.folder_chooser,
             widgets.HBox([self.model_select,
                           widgets.VBox([self.face_crop_box, self.no_face_select,
-                                        self.threshold_slider])]),
+                                        self.stability_box, self.threshold_slider])]),
             widgets.HBox([self.run_button, self.stop_button, self.progress]),
             self.status,
         ])
         views = widgets.Tab(children=[
             widgets.VBox([widgets.HBox([self.label_filter, self.known_filter]),
-                          widgets.HBox([self.sort_select, self.descending_box]), self.table]),
+                          widgets.HBox([self.provenance_filter, self.stability_filter]),
+                          widgets.HBox([self.sort_select, self.descending_box]), self.table,
+                          widgets.HTML(f"<small>{html.escape(EVIDENCE_CAVEAT)}</small>")]),
             widgets.VBox([self.score_range, self.gallery_caption, self.gallery]),
             widgets.VBox([widgets.HTML("Drag across the histogram to pick a score range: the "
                                        "gallery then shows those images."), self.figure_box]),
@@ -321,7 +378,7 @@ class Explorer(widgets.VBox):
                 no_face=self.no_face_select.value, threshold=self.threshold_slider.value,
                 batch_size=self.batch_size, num_workers=self.num_workers,
                 weights_dir=self.weights_dir, device=self.device, progress=False,
-                stop=self._stop, on_batch=on_batch)
+                stop=self._stop, on_batch=on_batch, stability=self.stability_box.value)
         except Exception as exc:  # noqa: BLE001 - shown in the UI instead of a lost traceback
             self.error = f"{type(exc).__name__}: {exc}"
             self._show_status(f"The run failed: {html.escape(self.error)}", error=True)
@@ -352,10 +409,7 @@ class Explorer(widgets.VBox):
         """Relabel the scored rows with the slider's threshold, then redraw everything."""
         with self._lock:
             if not self.results.empty:
-                scheme = Threshold(self.threshold_slider.value)
-                scored = self.results["fake_score"].notna()
-                self.results.loc[scored, "label"] = [scheme(score) for score in
-                                                     self.results.loc[scored, "fake_score"]]
+                self.results = relabel(self.results, Threshold(self.threshold_slider.value))
         self._update_filters()
         self._refresh_views(new_figure=True)
 
@@ -391,6 +445,10 @@ class Explorer(widgets.VBox):
             table = table[table["label"] == self.label_filter.value]
         if self.known_filter.value != ALL:
             table = table[table["known_label"] == self.known_filter.value]
+        if self.provenance_filter.value != ALL:
+            table = table[PROVENANCE_FILTERS[self.provenance_filter.value](table)]
+        if self.stability_filter.value != ALL:
+            table = table[STABILITY_FILTERS[self.stability_filter.value](table)]
         low, high = self.score_range.value
         if (low, high) != (0.0, 1.0):
             table = table[table["fake_score"].between(low, high)]
@@ -445,9 +503,66 @@ class Explorer(widgets.VBox):
         for _, row in rows.iterrows():
             score = "—" if pd.isna(row["fake_score"]) else f"{row['fake_score']:.3f}"
             lines.append(f"{html.escape(row['model'])}: {score} ({html.escape(row['label'])})")
+            if not pd.isna(row["stability_spread"]):
+                flipped = " — verdict flips" if row["stability_reason"] else ""
+                lines.append(f"&nbsp;&nbsp;spread under re-encoding "
+                             f"{row['stability_spread']:.3f}{flipped}")
+        if len(rows):
+            lines.extend(provenance_lines(rows.iloc[0]))
+        if len(rows) and rows["fake_score"].notna().any():
+            parts.append(self._explain_box(path, rows))
         parts.append(widgets.HTML("<br>".join(lines)))
         return widgets.VBox(parts, layout=widgets.Layout(
             border="1px solid #ccc", margin="4px", padding="4px", width=f"{THUMBNAIL_SIDE + 12}px"))
+
+    def _explain_box(self, path: str, rows: pd.DataFrame) -> widgets.Widget:
+        """An Explain button that shows the heatmap of the first scored model's crop."""
+        model = rows.loc[rows["fake_score"].notna(), "model"].iloc[0]
+        button = widgets.Button(description=f"Explain ({model})", icon="eye",
+                                layout=widgets.Layout(width="auto"))
+        box = widgets.VBox([button])
+        button.on_click(lambda _: self.explain(path, model, box))
+        return box
+
+    def explain(self, path: str, model: str, box: widgets.VBox | None = None) -> Image.Image | None:
+        """Draw the heatmap of ``model`` for ``path`` (the Explain button of a gallery card).
+
+        Returns:
+            The whole image with the heatmap over the scored crop, or None when it could not be
+            made (the reason is shown in the card or the status line).
+        """
+        from .explain import ExplainUnavailableError, explain_image
+        from .faces import FaceCropper
+
+        try:
+            detector = self._detector(model)
+            image = load_image(path)
+            if self._cropper is None:
+                self._cropper = FaceCropper(device=detector.device)
+            explanation = explain_image(image, detector, face_crop=self.face_crop_box.value,
+                                        cropper=self._cropper, path=path)
+            overlay = explanation.image_overlay(image)
+        except (ExplainUnavailableError, ImageReadError) as exc:
+            message = html.escape(str(exc))
+            if box is not None:
+                box.children = [*box.children[:1], widgets.HTML(f"<i>{message}</i>")]
+            else:
+                self._show_status(message, error=True)
+            return None
+        if box is not None:
+            thumbnail = overlay.copy()
+            thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            box.children = [*box.children[:1], widgets.Image(value=_png(thumbnail), format="png"),
+                            widgets.HTML(f"<small>heatmap: where {html.escape(model)} found "
+                                         "evidence of a fake (a coarse hint, not proof)</small>")]
+        return overlay
+
+    def _detector(self, model: str):
+        from .models import load_model
+
+        if model not in self._detectors:
+            self._detectors[model] = load_model(model, self.weights_dir, self.device)
+        return self._detectors[model]
 
     def _render_figure(self) -> None:
         with self._lock:

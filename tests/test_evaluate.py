@@ -369,10 +369,30 @@ def test_report_files_are_written_and_readable(scored, tmp_path):
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.IGNORECASE)
     assert "plotly.js v" in page  # the library itself is inline
     assert "Confound check" in page and "Robustness table" in page
+    assert "Provenance and stability per class" in page and "absent proves nothing" in page
 
     rebuilt = evaluate_table(read_per_image(written["per_image"]), n_bootstrap=50)
     pd.testing.assert_frame_equal(rebuilt.metrics, evaluation.metrics)
     pd.testing.assert_frame_equal(rebuilt.robustness, evaluation.robustness)
+
+
+def test_report_shows_heatmaps_of_the_top_images_per_class(scored, random_default_weights,
+                                                            tmp_path):
+    pytest.importorskip("captum", reason="captum (the explain extra) is not installed")
+    from deepfake_toolkit.explain import top_heatmaps
+
+    evaluation = evaluate_table(scored, n_bootstrap=0)
+    evaluation.heatmaps = top_heatmaps(evaluation.per_image, 1, tmp_path / "heatmaps",
+                                       face_crop=False, weights_dir=random_default_weights)
+    clean = scored[scored["perturbation"] == "none"]
+    top = clean.loc[clean.groupby("true_label")["fake_score"].idxmax()]
+    assert sorted(evaluation.heatmaps["path"]) == sorted(top["path"])
+    np.testing.assert_allclose(
+        evaluation.heatmaps.sort_values("path")["fake_score"],
+        top.sort_values("path")["fake_score"], atol=1e-5)
+    page = evaluation.write(tmp_path / "report")["report"].read_text()
+    section = page.split("<h2>Heatmaps</h2>")[1].split("<h2>")[0]
+    assert section.count('<img src="data:image/png;base64,') == 2
 
 
 def test_operating_points_travel_through_the_per_image_csv(scored, tmp_path):

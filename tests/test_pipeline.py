@@ -192,9 +192,15 @@ def test_ctrl_c_keeps_and_writes_the_rows_scored_so_far(detector, tmp_path, work
             os.kill(os.getpid(), signal.SIGINT)   # what Ctrl+C sends
 
     out = tmp_path / "out.csv"
-    with pytest.raises(ClassificationInterrupted) as caught:
-        classify_directory(folder, detector, face_crop=False, batch_size=4, on_batch=on_batch,
-                           progress=False, num_workers=workers, output_csv=out)
+    # Python's own Ctrl+C handler, whatever an earlier test or library left installed.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(ClassificationInterrupted) as caught:
+            classify_directory(folder, detector, face_crop=False, batch_size=4,
+                               on_batch=on_batch, progress=False, num_workers=workers,
+                               output_csv=out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert seen == [4, 4]
     written = read_csv(out)
     assert len(written) == 8 and len(caught.value.frame) == 8

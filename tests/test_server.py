@@ -186,6 +186,18 @@ def test_predict_writes_the_pipelines_csv_and_leaves_inputs_alone(
     np.testing.assert_allclose(table["fake_score"], direct["fake_score"], atol=1e-9)
 
 
+def test_csv_carries_each_files_provenance(client, folders: Folders, tmp_path: Path) -> None:
+    from deepfake_toolkit.provenance import PROVENANCE_COLUMNS, read_provenance
+
+    response = client.post("/predict", json=payload(folders.images, tmp_path))
+    assert response.status_code == 200, response.get_json()
+    table = read_csv(response.get_json()["path"])
+    for row in table.to_dict("records"):
+        expected = read_provenance(row["path"])
+        assert {c: row[c] for c in PROVENANCE_COLUMNS} == expected
+    assert (table["c2pa_status"] == "none").all()
+
+
 def test_threshold_gives_fake_and_real_labels(client, folders: Folders, tmp_path: Path) -> None:
     response = client.post("/predict", json=payload(folders.images, tmp_path, threshold="0.5"))
     assert response.status_code == 200, response.get_json()

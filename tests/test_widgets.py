@@ -209,3 +209,46 @@ def test_names_that_are_not_text_show_and_export(tmp_path: Path) -> None:
                 part.value.encode("utf-8")
     written = explorer.export_csv(tmp_path / "scores.csv")
     assert sorted(read_csv(written)["path"]) == sorted(explorer.results["path"])
+
+
+def test_provenance_stability_and_heatmap_beside_the_scores(tmp_path: Path, astronaut) -> None:
+    from PIL import PngImagePlugin
+
+    pytest.importorskip("captum", reason="captum (the explain extra) is not installed")
+    folder = tmp_path / "case"
+    folder.mkdir()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a face\nSteps: 20, Sampler: Euler a, Seed: 1, Model: sdxl")
+    astronaut.resize((160, 160)).save(folder / "generated.png", pnginfo=info)
+    exif = astronaut.getexif()
+    exif[0x010F], exif[0x0110] = "Nikon", "D750"
+    astronaut.resize((160, 160)).save(folder / "camera.jpg", exif=exif)
+    explorer = Explorer(folder, face_crop=False, stability=True, threshold=0.5)
+    _run(explorer)
+
+    results = explorer.results.set_index(explorer.results["path"].map(lambda p: Path(p).name))
+    assert results.loc["generated.png", "generator_model"] == "sdxl"
+    assert results["stability_scores"].str.count("=").tolist() == [3, 3]
+    explorer.provenance_filter.value = "metadata says generated"
+    assert list(explorer.filtered()["file"]) == ["generated.png"]
+    explorer.provenance_filter.value = "camera EXIF"
+    assert list(explorer.filtered()["file"]) == ["camera.jpg"]
+    explorer.provenance_filter.value = "(all)"
+    flipped = explorer.results["stability_reason"] != ""
+    explorer.stability_filter.value = "verdict flipped"
+    assert len(explorer.filtered()) == flipped.sum()
+    explorer.stability_filter.value = "stable"
+    assert len(explorer.filtered()) == (~flipped).sum()
+    explorer.stability_filter.value = "(all)"
+
+    cards = {card.children[-1].value.split("</b>")[0].removeprefix("<b>"): card
+             for card in explorer.gallery.children}
+    text = cards["generated.png"].children[-1].value
+    assert "generator: Stable Diffusion web UI (sdxl)" in text and "says generated" in text
+    assert "spread under re-encoding" in text
+    assert "camera: Nikon D750" in cards["camera.jpg"].children[-1].value
+    explain_box = cards["camera.jpg"].children[-2]
+    explain_box.children[0].click()
+    assert isinstance(explain_box.children[1], widgets.Image)
+    overlay = explorer.explain(str(folder / "camera.jpg"), "default")
+    assert overlay.size == (160, 160)

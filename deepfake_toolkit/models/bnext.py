@@ -422,6 +422,11 @@ class BNextDeepfakeDetector(nn.Module):
         return self.fc(self.base_model(x))
 
 
+def last_stage(module: BNextDeepfakeDetector) -> nn.Module:
+    """The heatmap layer: the backbone's last stage (7 x 7 for a 224 input)."""
+    return module.base_model.feature[-1]
+
+
 def count_parameters(size: BNextSize, detector: bool = True) -> int:
     """Number of parameters of BNext ``size`` (with the deepfake head and adapter by default),
     counted on the meta device so that nothing is allocated."""
@@ -560,6 +565,7 @@ def bnext_spec(size: BNextSize, dataset: str) -> ModelSpec:
         load_state_dict=functools.partial(load_bnext_weights, size=size),
         preprocess=BNEXT_PREPROCESS,
         output="sigmoid_real",
+        explain_layer=last_stage,
         weights=(
             WeightFile(
                 filename=converted,

@@ -24,6 +24,11 @@ def build_default() -> torch.nn.Module:
     return timm.create_model(DEFAULT_ARCHITECTURE, pretrained=False, num_classes=1)
 
 
+def last_conv_stage(module: torch.nn.Module) -> torch.nn.Module:
+    """The heatmap layer: the last conv's output after its norm and activation (7 x 7 x 1280)."""
+    return module.bn2
+
+
 DEFAULT_SPEC = register_model(
     ModelSpec(
         name="default",
@@ -47,5 +52,6 @@ DEFAULT_SPEC = register_model(
         ),
         extra={"architecture": DEFAULT_ARCHITECTURE},
         channels_last=True,
+        explain_layer=last_conv_stage,
     )
 )

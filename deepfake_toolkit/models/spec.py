@@ -97,6 +97,12 @@ class ModelSpec:
         channels_last: Run the module in channels-last memory layout. Results are the same up to
             float rounding; mobile-style CNNs (depthwise convolutions) run about 1.4x faster for
             inference and 1.6-1.9x faster for training on CPU this way.
+        explain_layer: Picks the layer Grad-CAM heatmaps are computed on from the built module
+            (the last convolutional stage of a CNN; a transformer's last block norm), or None when
+            the model has no heatmaps (see :mod:`deepfake_toolkit.explain`).
+        explain_prefix_tokens: None when ``explain_layer`` outputs (N, C, H, W) feature maps; for a
+            transformer layer that outputs (N, T, C) tokens, the number of tokens (class token,
+            registers) before the square grid of patch tokens.
     """
 
     name: str
@@ -110,6 +116,8 @@ class ModelSpec:
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
+    explain_layer: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    explain_prefix_tokens: int | None = None
 
     @property
     def memory_format(self) -> torch.memory_format:

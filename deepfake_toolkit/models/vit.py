@@ -159,6 +159,11 @@ def _vit_instructions(name: str, repository: str, revision: str, folder: str,
         "can be imported the same way.")
 
 
+def last_block_norm(module: nn.Module) -> nn.Module:
+    """The heatmap layer: the last block's first LayerNorm (197 tokens: class token + 14 x 14)."""
+    return module.blocks[-1].norm1
+
+
 def vit_spec(name: str, repository: str, revision: str, folder: str, description: str,
              license: str, revision_note: str, extra: dict) -> ModelSpec:
     """A registry entry for a transformers ViT-B/16 deepfake classifier from the Hub."""
@@ -170,6 +175,8 @@ def vit_spec(name: str, repository: str, revision: str, folder: str, description
         preprocess=VIT_PREPROCESS,
         output="softmax",
         fake_index=1,
+        explain_layer=last_block_norm,
+        explain_prefix_tokens=1,
         weights=(
             WeightFile(
                 filename=f"{name}.safetensors",

@@ -1,0 +1,63 @@
+"""Tiny hand-set models whose scores depend on one known property of the image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from deepfake_toolkit.models import Detector, ModelSpec, Preprocess, WeightFile
+
+
+class DetailScore(nn.Module):
+    """One logit = scale * (mean absolute high-frequency detail - offset).
+
+    JPEG compression and downscaling remove fine detail, so on a noisy image the score falls with
+    the JPEG quality.
+    """
+
+    def __init__(self, offset: float = 0.0, scale: float = 200.0) -> None:
+        super().__init__()
+        self.offset, self.scale = offset, scale
+
+    def detail(self, images: torch.Tensor) -> torch.Tensor:
+        grey = images.mean(dim=1, keepdim=True)
+        return (grey - F.avg_pool2d(grey, 3, stride=1, padding=1)).abs().mean(dim=(1, 2, 3))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (self.scale * (self.detail(images) - self.offset)).unsqueeze(1)
+
+
+class BrightPatchScore(nn.Module):
+    """Conv (brightness above grey) -> ReLU -> global mean -> linear: bright patches raise the
+    score, and only the conv features at the patch respond."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.features.weight.fill_(1.0 / 27)
+            self.features.bias.fill_(-0.6)
+            self.head.weight.fill_(5.0)
+            self.head.bias.fill_(-1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.act(self.features(images))
+        return self.head(features.mean(dim=(2, 3)))
+
+
+def toy_detector(module: nn.Module, name: str, input_size: int = 64,
+                 threshold: float | None = 0.5, explain_layer=None) -> Detector:
+    """A :class:`Detector` around ``module`` (inputs in [0, 1], sigmoid = P(fake))."""
+    spec = ModelSpec(
+        name=name, description=f"toy model {name}", build=lambda: module,
+        load_state_dict=lambda path: module.state_dict(),
+        preprocess=Preprocess(input_size=input_size, resize="exact"),
+        output="sigmoid_fake", weights=(WeightFile(f"{name}.safetensors"),),
+        threshold=threshold, explain_layer=explain_layer)
+    return Detector(spec=spec, module=module.eval(), device=torch.device("cpu"),
+                    weights_path=Path(f"{name}.safetensors"))
