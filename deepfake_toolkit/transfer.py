@@ -402,15 +402,16 @@ def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: st
             image = load_image(path)
             found = faces.get(path) or []
             for _ in range(augmented_views):
-                tensor, _ = augmenter(image, found[0] if found else None, 0, rng)
+                tensor, view_label = augmenter(image, found[0] if found else None, label, rng)
                 views.append(tensor)
-                labels.append(label)
+                labels.append(view_label)
         with torch.inference_mode():
             extra = [tower.forward_features(torch.stack(views[i:i + 32]))
                      for i in range(0, len(views), 32)]
         extra_x = matrix({k: torch.cat([e[k] for e in extra]).numpy() for k in extra[0]})
         x_train = np.concatenate([x_train, extra_x])
-        train_table = pd.concat([train_table] + [train_table] * augmented_views)
+        repeated = train_table.loc[train_table.index.repeat(augmented_views)]
+        train_table = pd.concat([train_table, repeated.assign(label=labels)])
     head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table), c)
     scores = sigmoid(head.logit(x))
     val = table[table["is_val"]].reset_index(drop=True).assign(

@@ -7,7 +7,8 @@ to both detectors' inputs:
 - the CLIP ViT-B/16 tower (rebuilt in PyTorch from the INT8 ONNX export, float32): the class
   token after each of its 12 blocks, the post-LayerNorm class token and the projected embedding;
 - the shipped default CNN: its logit.
-Chunks are written as .npz files to OUT_DIR; an existing chunk is skipped, so the script resumes.
+Chunks are written as .npz files to OUT_DIR; an existing chunk is skipped, so the script resumes,
+and a run stopped early leaves a uniform random sample of every folder.
 
 Usage:
     python scripts/extract_transfer_features.py DATA_ROOT OUT_DIR --tower PATH [--chunk 64]
@@ -36,6 +37,13 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard", default="0/1", metavar="I/N",
+                        help="process only chunks whose index is I modulo N (run N processes)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="walk the chunks from the last (a further process that does not "
+                             "meet the others until the end)")
+    parser.add_argument("--cache-file", help="face-detection cache (default: the toolkit's "
+                        "~/.cache/deepfake_toolkit/face_detections.json; give each shard its own)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -45,19 +53,24 @@ def main() -> None:
     table = table.iloc[np.random.default_rng(args.seed).permutation(len(table))]
     table = table.reset_index(drop=True)
     table[["relative", "label", "source"]].to_csv(out / "order.csv", index_label="position")
-    cache_file = Path(config.cache_dir).expanduser() / "face_detections.json"
-    faces = detect_faces_cached(table.path.tolist(), config.face, cache_file, workers=0,
-                                progress=False)
+    cache_file = Path(args.cache_file or Path(config.cache_dir).expanduser() /
+                      "face_detections.json")
+    shard, shards = (int(v) for v in args.shard.split("/"))
     tower = build_tower_from_file(args.tower)
     cnn = load_model("default", device="cpu")
     clip_mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     clip_std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    started = time.perf_counter()
-    for start in range(0, len(table), args.chunk):
+    started, done = time.perf_counter(), 0
+    starts = range(0, len(table), args.chunk)
+    for start in reversed(starts) if args.reverse else starts:
         target = out / f"chunk_{start // args.chunk:04d}.npz"
-        if target.exists():
+        if target.exists() or (start // args.chunk) % shards != shard:
             continue
         part = table.iloc[start:start + args.chunk]
+        # Detected chunk by chunk, in the same random order, so that an early stop still leaves
+        # a uniform sample with both detections and features.
+        faces = detect_faces_cached(part.path.tolist(), config.face, cache_file, workers=0,
+                                    progress=False)
         pixels, has_face = [], []
         for path in part.path:
             image = load_image(path)
@@ -72,15 +85,17 @@ def main() -> None:
         with torch.inference_mode():
             features = tower.forward_features((x - clip_mean) / clip_std)
             logit = cnn.module((x - 0.5) / 0.5).reshape(-1)
-        np.savez(target, relative=part.relative.to_numpy(), label=part.label.to_numpy(),
+        partial = target.with_name(target.stem + ".partial.npz")
+        np.savez(partial, relative=part.relative.to_numpy(), label=part.label.to_numpy(),
                  source=part.source.to_numpy(), has_face=np.array(has_face),
                  cls=features["cls"].numpy().astype(np.float16),
                  pooled=features["pooled"].numpy().astype(np.float32),
                  embeds=features["embeds"].numpy().astype(np.float32),
                  cnn_logit=logit.numpy().astype(np.float32))
-        done = start + len(part)
+        partial.rename(target)
+        done += len(part)
         rate = (time.perf_counter() - started) / done
-        print(f"{done}/{len(table)} images, {rate:.2f} s/image", flush=True)
+        print(f"{target.name}: {done} images in this run, {rate:.2f} s/image", flush=True)
 
 
 if __name__ == "__main__":
