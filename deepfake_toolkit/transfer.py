@@ -258,8 +258,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         x = feature_matrix(arrays, features)
         _, logits = _probe_scores(x, table, ~is_val, c)
         validate(name, logits)
-        stack_w, stack_b = _fit_stack_crossfitted(np.stack([cnn, logits], 1), table, is_val)
-        validate(f"fusion:{name}", stack_w)
+        validate(f"fusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
+                                                           is_val))
         folds: dict[str, Any] = {}
         fused_folds: dict[str, Any] = {}
         for folder in fake_folders:

@@ -16,7 +16,8 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
    fusion's stacking refitted on the other folders' validation split. The CNN inside the fusion
    folds is the shipped one, trained with that folder's training split: it is NOT retrained
    (5 x 13 min on this machine), so fusion LOFO is an optimistic bound, recorded as such.
-5. The registered probe (features ``CLIP_PROBE_FEATURES``) and fusion are fitted for shipping:
+5. The probe on the feature set with the highest mean LOFO AUC, and its fusion, are fitted for
+   shipping (``CLIP_PROBE_FEATURES`` must name that set):
    the probe on the training split, the stacking on the validation split; each threshold keeps
    every real folder's validation real accuracy >= 0.80 and within that maximises balanced
    accuracy. Written to WEIGHTS_DIR (clip_probe.safetensors, clip_fusion.safetensors) with the
@@ -82,18 +83,27 @@ def main() -> None:
     results = run_protocol(table, arrays, is_val, CANDIDATES, c=PROBE_C)
 
     fake_folders = sorted(set(table.loc[table.label == 1, "source"]))
+    default_record = json.loads((PROJECT_WEIGHTS / "deepfake_toolkit_default.json").read_text())
+    results["lofo"]["cnn"] = {
+        folder: {"auc": values["auc"], "n_real": values["n_real"], "n_fake": values["n_fake"],
+                 "note": "the default's own leave-one-folder-out (retrained per fold, every "
+                         "image): weights/deepfake_toolkit_default.json"}
+        for folder, values in default_record["leave_one_folder_out"]["results"].items()}
+    results["ship_rule"] = ship_rule(results, fake_folders)
     mean_lofo = {name: float(np.mean([results["lofo"][name][f]["auc"] for f in fake_folders]))
                  for name in CANDIDATES}
     preferred = max(mean_lofo, key=mean_lofo.get)
     print(f"mean LOFO AUC per feature set: {json.dumps(mean_lofo)}; preferred: {preferred}")
-    registered = "+".join(CLIP_PROBE_FEATURES)
-    if CANDIDATES.get(preferred) != CLIP_PROBE_FEATURES:
-        print(f"NOTE: the registered probe reads {registered}; LOFO prefers {preferred}")
+    shipped_features = CANDIDATES[preferred]
+    if shipped_features != CLIP_PROBE_FEATURES:
+        print(f"NOTE: the heads are fitted on {preferred}, which LOFO prefers; set "
+              f"CLIP_PROBE_FEATURES = {shipped_features!r} in deepfake_toolkit/models/clip.py "
+              "or they will not load")
 
-    # The shipped probe and fusion.
+    # The shipped probe and fusion, on the features LOFO preferred.
     labels = table["label"].to_numpy()
     sources = table["source"].to_numpy()
-    x = feature_matrix(arrays, CLIP_PROBE_FEATURES)
+    x = feature_matrix(arrays, shipped_features)
     train = ~is_val
     head = fit_probe(x[train], labels[train], balanced_weights(table[train]), PROBE_C)
     probe_logit = head.logit(x)
@@ -102,7 +112,8 @@ def main() -> None:
     out = Path(args.weights_dir)
     probe_spec = get_spec("clip_probe")
     probe_spec = dataclasses.replace(probe_spec, threshold=round(probe_threshold, 4),
-                                     extra={**probe_spec.extra, "C": PROBE_C})
+                                     extra={**probe_spec.extra, "C": PROBE_C,
+                                            "features": list(shipped_features)})
     save_weights(probe_spec, head_state_dict(head), out / probe_spec.weights[0].filename)
 
     cnn_logit = arrays["cnn_logit"].astype(np.float64)
@@ -118,13 +129,13 @@ def main() -> None:
     fusion_spec = get_spec("clip_fusion")
     fusion_spec = dataclasses.replace(
         fusion_spec, threshold=round(fusion_threshold, 4),
-        extra={**fusion_spec.extra, "stack_weight": [float(v) for v in stack_w],
+        extra={**fusion_spec.extra, "features": list(shipped_features), "stack_weight": [float(v) for v in stack_w],
                "stack_bias": stack_b})
     save_weights(fusion_spec, state, out / fusion_spec.weights[0].filename)
 
     val_table = table[is_val].reset_index(drop=True)
     shipped = {
-        "clip_probe": {"features": list(CLIP_PROBE_FEATURES), "C": PROBE_C,
+        "clip_probe": {"features": list(shipped_features), "C": PROBE_C,
                        "threshold": probe_threshold,
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
@@ -143,13 +154,64 @@ def main() -> None:
         "probe_C": PROBE_C,
         "mean_lofo_auc": mean_lofo,
         "lofo_preferred": preferred,
-        "registered_probe_features": list(CLIP_PROBE_FEATURES),
         "results": results,
         "shipped": shipped,
         "seconds": time.perf_counter() - started,
     }
     (out / "clip_transfer.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+    print(markdown_tables(record, preferred))
     print(f"wrote {out / 'clip_transfer.json'} ({time.perf_counter() - started:.0f} s)")
+
+
+def ship_rule(results: dict, fake_folders: list[str]) -> dict:
+    """Issue 16's rule per candidate: LOFO AUC above the default's in >= 4 of 5 fake folders, and
+    no fake folder's validation AUC more than 0.01 below the default's on the same images."""
+    rule = {}
+    for name, folds in results["lofo"].items():
+        if name == "cnn":
+            continue
+        wins = [f for f in fake_folders if folds[f]["auc"] > results["lofo"]["cnn"][f]["auc"]]
+        losses = {f: results["validation"]["cnn"][f]["auc"] - results["validation"][name][f]["auc"]
+                  for f in fake_folders}
+        rule[name] = {"lofo_wins": wins, "largest_validation_loss": max(losses.values()),
+                      "met": len(wins) >= 4 and max(losses.values()) <= 0.01
+                      and not name.startswith("fusion:"),
+                      "lofo_comparable": not name.startswith("fusion:")}
+    return rule
+
+
+def markdown_tables(record: dict, preferred: str) -> str:
+    """The record's results as the model card's tables: validation and LOFO AUC per fake folder,
+    real accuracy per real folder at each candidate's threshold."""
+    results = record["results"]
+    names = ["cnn", *record["candidates"], *(f"fusion:{n}" for n in record["candidates"])]
+    validation = results["validation"]
+    folders = sorted(k for k in validation["cnn"] if k != "all")
+    fake = [f for f in folders if validation["cnn"][f].get("n_fake")]
+    real = [f for f in folders if validation["cnn"][f].get("n_real")]
+
+    def cell(value) -> str:
+        return "-" if value is None or value != value else f"{value:.3f}"
+
+    lines = ["| candidate | " + " | ".join(f"val {f}" for f in fake) + " | val all | "
+             + " | ".join(f"LOFO {f}" for f in fake) + " | mean LOFO |",
+             "|---" * (2 * len(fake) + 3) + "|"]
+    for name in names:
+        lofo = results["lofo"].get(name, {})
+        lofo_aucs = [lofo.get(f, {}).get("auc") for f in fake]
+        mean = (sum(lofo_aucs) / len(lofo_aucs)) if lofo and None not in lofo_aucs else None
+        label = f"**{name}**" if name in (preferred, f"fusion:{preferred}") else name
+        lines.append(f"| {label} | " + " | ".join(cell(validation[name][f].get("auc"))
+                                                 for f in fake)
+                     + f" | {cell(validation[name]['all']['auc'])} | "
+                     + " | ".join(cell(a) for a in lofo_aucs) + f" | {cell(mean)} |")
+    lines += ["", "| candidate | threshold | " + " | ".join(real) + " | fake accuracy (all) |",
+              "|---" * (len(real) + 3) + "|"]
+    for name in names:
+        lines.append(f"| {name} | {results['threshold'][name]:.4f} | "
+                     + " | ".join(cell(validation[name][f].get("real_accuracy")) for f in real)
+                     + f" | {cell(validation[name]['all']['fake_accuracy'])} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

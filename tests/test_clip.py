@@ -269,3 +269,49 @@ def test_real_tower_rebuild_agrees_with_the_int8_onnx_run(astronaut):
         ours = tower(x).numpy()
     reference = onnx_embeddings(path, x.numpy(), one_at_a_time=True)
     assert _cosine(ours, reference).min() >= 0.97
+
+
+def test_a_head_fitted_on_other_features_is_refused(tmp_path):
+    from deepfake_toolkit.models import WeightsMismatchError, get_spec
+    from deepfake_toolkit.models.clip import check_recorded_features
+
+    spec = get_spec("clip_probe")
+    spec = dataclasses.replace(spec, extra={**spec.extra, "features": ["cls3"]})
+    path = save_weights(spec, {"head.bias": torch.zeros(1)}, tmp_path / "head.safetensors")
+    check_recorded_features(path, ("cls3",))
+    with pytest.raises(WeightsMismatchError, match="fitted on CLIP features cls3"):
+        check_recorded_features(path, ("cls12",))
+
+
+def _clip_record() -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "weights" / "clip_transfer.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@pytest.mark.skipif(_real_tower() is None or "reference_scores" not in _clip_record(),
+                    reason="the CLIP tower is not in a weight folder (or no recorded scores)")
+@pytest.mark.parametrize("model", ["clip_probe", "clip_fusion"])
+def test_shipped_clip_models_give_their_recorded_reference_scores(model, tmp_path):
+    """The shipped heads, loaded through the registry with the real tower, score the offline
+    reference photos as recorded in weights/clip_transfer.json (scripts/clip_reference_scores.py)."""
+    from pathlib import Path
+
+    from PIL import Image
+    from skimage import data
+
+    from deepfake_toolkit.pipeline import classify_files
+
+    expected = _clip_record()["reference_scores"]["scores"][model]
+    paths = []
+    for name in expected:
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(path)
+        paths.append(path)
+    frame = classify_files(paths, model, progress=False, num_workers=0, device="cpu")
+    for path, score, region in zip(frame["path"], frame["fake_score"], frame["region"]):
+        want = expected[Path(path).stem]
+        assert region == want["region"]
+        assert score == pytest.approx(want["fake_score"], abs=2e-3)

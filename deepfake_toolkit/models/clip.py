@@ -406,10 +406,27 @@ def probe_loader(model_name: str):
     def load(path: str) -> dict[str, torch.Tensor]:
         from .weights import load_safetensors
 
+        check_recorded_features(path, CLIP_PROBE_FEATURES)
         head = load_safetensors(path)
         return {**head, **tower_state_dict(find_tower(path, model_name))}
 
     return load
+
+
+def check_recorded_features(path: str | Path, features: tuple[str, ...]) -> None:
+    """Refuse a head fitted on other tower features than the module reads (widths can agree
+    while the features differ, e.g. two class tokens).
+
+    Raises:
+        WeightsMismatchError: The file records other features.
+    """
+    from .registry import WeightsMismatchError, recorded_spec
+
+    recorded = (recorded_spec(path) or {}).get("extra", {}).get("features")
+    if recorded is not None and tuple(recorded) != tuple(features):
+        raise WeightsMismatchError(
+            f"{path} was fitted on CLIP features {'+'.join(recorded)} but this model reads "
+            f"{'+'.join(features)}: these weights belong to another version of the model")
 
 
 CLIP_PREPROCESS = Preprocess(input_size=224, resize="exact", interpolation="bilinear",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .clip import CLIP_MEAN, CLIP_PROBE_FEATURES, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
-    ClipTowerConfig, find_tower, tower_state_dict
+    ClipTowerConfig, check_recorded_features, find_tower, tower_state_dict
 from .default import build_default
 from .registry import register_model
 from .spec import ModelSpec, Preprocess, WeightFile
@@ -58,6 +58,7 @@ class FusedDetector(nn.Module):
 
 def load_fusion(path: str) -> dict[str, torch.Tensor]:
     """The fusion file (CNN, probe head, stacking) plus the CLIP tower found beside it."""
+    check_recorded_features(path, CLIP_PROBE_FEATURES)
     state = load_safetensors(path)
     return {**state, **tower_state_dict(find_tower(path, "clip_fusion"), prefix="probe.tower.")}
 
