@@ -30,7 +30,10 @@ REAL_ACCURACY_FLOOR = 0.80
 
 @dataclass(frozen=True)
 class LinearHead:
-    """A logistic-regression head on standardised inputs: logit = ((x - mean) / std) @ coef + bias."""
+    """A logistic-regression head on standardised inputs.
+
+    logit = ((x - mean) / std) @ coef + bias.
+    """
 
     mean: np.ndarray
     std: np.ndarray
@@ -61,7 +64,8 @@ def fit_probe(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = 0.1)
     return LinearHead(mean, std, model.coef_[0], float(model.intercept_[0]))
 
 
-def fit_stacking(logits: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+def fit_stacking(logits: np.ndarray, y: np.ndarray,
+                 weights: np.ndarray) -> tuple[np.ndarray, float]:
     """Stacking weights (a, b, ...) and bias of a balanced logistic regression on branch logits.
 
     Nearly unregularised (C = 100): three parameters fitted on hundreds of images.
@@ -189,7 +193,7 @@ def load_feature_cache(folder: str | Path) -> tuple[pd.DataFrame, dict[str, np.n
 
 
 def feature_matrix(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
-    """Concatenate cached features by name, as :func:`deepfake_toolkit.models.clip.select_features`."""
+    """Concatenate cached features by name (as ``models.clip.select_features`` does)."""
     parts = []
     for name in names:
         if name in ("embeds", "pooled"):
@@ -310,7 +314,8 @@ def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.n
 # Training the probe from labelled folders
 
 
-def extract_features(tower, images: Sequence, transform, batch_size: int = 32) -> dict[str, np.ndarray]:
+def extract_features(tower, images: Sequence, transform,
+                     batch_size: int = 32) -> dict[str, np.ndarray]:
     """Run the CLIP tower on PIL images (already cropped): every feature a probe may read."""
     import torch
 

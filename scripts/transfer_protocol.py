@@ -129,7 +129,8 @@ def main() -> None:
     fusion_spec = get_spec("clip_fusion")
     fusion_spec = dataclasses.replace(
         fusion_spec, threshold=round(fusion_threshold, 4),
-        extra={**fusion_spec.extra, "features": list(shipped_features), "stack_weight": [float(v) for v in stack_w],
+        extra={**fusion_spec.extra, "features": list(shipped_features),
+               "stack_weight": [float(v) for v in stack_w],
                "stack_bias": stack_b})
     save_weights(fusion_spec, state, out / fusion_spec.weights[0].filename)
 

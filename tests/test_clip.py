@@ -46,8 +46,8 @@ registered preprocessing and runs in milliseconds."""
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A random tiny CLIPVisionModelWithProjection, its float ONNX export, its INT8 quantisation
-    (onnxruntime's dynamic quantisation of the MatMuls, per channel, as the wheel's tower) and a wheel holding
-    the INT8 graph under the wheel's member name."""
+    (onnxruntime's dynamic quantisation of the MatMuls, per channel, as the wheel's tower) and
+    a wheel holding the INT8 graph under the wheel's member name."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = tmp_path_factory.mktemp("clip")
@@ -296,7 +296,8 @@ def _clip_record() -> dict:
 @pytest.mark.parametrize("model", ["clip_probe", "clip_fusion"])
 def test_shipped_clip_models_give_their_recorded_reference_scores(model, tmp_path):
     """The shipped heads, loaded through the registry with the real tower, score the offline
-    reference photos as recorded in weights/clip_transfer.json (scripts/clip_reference_scores.py)."""
+    reference photos as recorded in weights/clip_transfer.json
+    (scripts/clip_reference_scores.py)."""
     from pathlib import Path
 
     from PIL import Image

@@ -1,4 +1,4 @@
-"""The fused detector: the default CNN and the CLIP probe, stacked by a calibrated logistic regression.
+"""The fused detector: the default CNN and the CLIP probe, stacked by a logistic regression.
 
 Both detectors score the same face crop; the fused logit is ``a * cnn_logit + b * clip_logit + c``
 with ``a, b, c`` fitted on validation images that neither detector was trained on (class-balanced
