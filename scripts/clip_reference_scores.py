@@ -1,0 +1,49 @@
+"""Record clip_probe's and clip_fusion's scores on the offline reference photos into their record.
+
+The photos are scikit-image's samples saved as PNG (astronaut, coffee, chelsea, camera), scored by
+``classify_files`` with the face crop on, as for the default model; tests/test_clip.py checks
+the shipped weights against these values whenever the CLIP tower is present.
+
+Usage:
+    python scripts/clip_reference_scores.py WEIGHTS_DIR   (the tower in a weight folder)
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from skimage import data
+
+from deepfake_toolkit.pipeline import classify_files
+
+NAMES = ("astronaut", "coffee", "chelsea", "camera")
+
+
+def main(weights_dir: str) -> None:
+    record_path = Path(weights_dir) / "clip_transfer.json"
+    record = json.loads(record_path.read_text())
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for name in NAMES:
+            path = Path(folder) / f"{name}.png"
+            Image.fromarray(getattr(data, name)()).save(path)
+            paths.append(path)
+        scores = {}
+        for model in ("clip_probe", "clip_fusion"):
+            frame = classify_files(paths, model, weights_dir=weights_dir, progress=False,
+                                   num_workers=0, device="cpu")
+            scores[model] = {Path(p).stem: {"fake_score": round(float(s), 5), "region": r}
+                             for p, s, r in zip(frame["path"], frame["fake_score"],
+                                                frame["region"])}
+            print(model, json.dumps(scores[model]))
+    record["reference_scores"] = {
+        "note": "scikit-image sample photos saved as PNG, classify_files(face_crop=True, "
+                "no_face='whole') on CPU",
+        "scores": scores}
+    record_path.write_text(json.dumps(record, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
