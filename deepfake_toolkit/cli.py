@@ -50,8 +50,9 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
                         help="model to use (repeat for several; default: default). "
                              "See 'deepfake-toolkit models'.")
-    parser.add_argument("-o", "--output", metavar="OUT.csv",
-                        help="CSV to write (default: deepfake_scores.csv in the current folder)")
+    parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.parquet",
+                        help="table to write: CSV, or Parquet when the name ends in .parquet "
+                             "(default: deepfake_scores.csv in the current folder)")
     _add_face_options(parser, skip="skip the file")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="label fake when fake_score >= T (default: the model's operating "

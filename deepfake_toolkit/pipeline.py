@@ -25,7 +25,7 @@ from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePo
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
-from .results import label_scheme, results_frame, write_csv
+from .results import label_scheme, results_frame, write_table
 
 ModelArg = str | Detector | Sequence[str | Detector]
 
@@ -172,7 +172,8 @@ def classify_files(
         perturb: Applied to every decoded image before face detection (e.g. JPEG re-compression
             for robustness tests); must be picklable when workers are used. ``width`` and
             ``height`` stay those of the file.
-        output_csv: Also write the table here (atomically, formula cells neutralised).
+        output_csv: Also write the table here, atomically: Parquet when the name ends in
+            .parquet (needs pyarrow), else CSV with formula cells neutralised.
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
@@ -235,7 +236,7 @@ def classify_files(
     frame.attrs.update(seconds=seconds, stopped=stopped,
                        images_per_second=n_done / seconds if seconds > 0 else math.nan)
     if output_csv is not None:
-        write_csv(frame, output_csv)
+        write_table(frame, output_csv)
     return frame
 
 

@@ -1,4 +1,4 @@
-"""The one result schema: the columns of a classification table, its labels and its CSV form.
+"""The one result schema: a result table's columns, its labels, its CSV and Parquet forms.
 
 Every model reports ``fake_score`` = P(fake) in [0, 1]. A label is derived from the score either by
 the five bands of the original system (mirrored onto fake_score) or by a single threshold.
@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -55,6 +55,9 @@ COLUMNS: tuple[str, ...] = (
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote."""
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+"""File name endings written and read as Parquet; every other ending means CSV."""
 
 _TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error")
 
@@ -162,6 +165,12 @@ def _box_to_text(box: Any) -> str:
     return json.dumps([round(float(v), 1) for v in box])
 
 
+def _box_to_list(box: Any) -> list[float] | None:
+    if box is None or (isinstance(box, float) and math.isnan(box)):
+        return None
+    return [round(float(v), 1) for v in box]
+
+
 def _box_from_text(text: Any) -> tuple[float, ...] | None:
     if not isinstance(text, str) or not text.strip():
         return None
@@ -178,18 +187,67 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = frame.copy()
     for column in out.columns:
         if column == "face_box":
             out[column] = out[column].map(_box_to_text)
         elif _is_text(out[column]):
             out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
             out.to_csv(stream, index=False)
+
+    return _write_atomically(path, write)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a result table to Parquet atomically (needs pyarrow).
+
+    Columns keep their types (``face_box`` becomes a list of floats, missing integers stay
+    missing); :func:`read_parquet` gives back the table :func:`read_csv` gives for the same rows.
+    Text is stored as it is: Parquet is not opened by spreadsheets as formulas.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: pyarrow is not installed (the message says how to install it).
+    """
+    _require_pyarrow()
+    out = frame.copy()
+    if "face_box" in out:
+        out["face_box"] = out["face_box"].map(_box_to_list).astype(object)
+    return _write_atomically(path, lambda temporary: out.to_parquet(temporary, index=False))
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a result table as Parquet when ``path`` ends in .parquet or .pq, else as CSV."""
+    if _is_parquet(path):
+        return write_parquet(frame, path)
+    return write_csv(frame, path)
+
+
+def _is_parquet(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ImportError("Parquet files need pyarrow: pip install pyarrow (or "
+                          "pip install \"deepfake-toolkit[ray]\"), or write a .csv") from None
+
+
+def _write_atomically(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Run ``write(temporary)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
         make_readable(temporary)
         os.replace(temporary, path)
     except BaseException:
@@ -223,6 +281,33 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a result Parquet file written by :func:`write_parquet` (or by the Ray engine) back
+    into a result table, with the types :func:`read_csv` gives."""
+    _require_pyarrow()
+    frame = pd.read_parquet(path)
+    for column in _TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].fillna("").astype(str)
+    if "face_box" in frame:
+        frame["face_box"] = frame["face_box"].map(
+            lambda box: None if box is None else tuple(float(v) for v in box)).astype(object)
+    for column in ("face_crop", "face_found"):
+        if column in frame:
+            frame[column] = frame[column].astype(bool)
+    for column in ("n_faces", "width", "height"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a result table from Parquet (.parquet, .pq) or CSV (anything else)."""
+    if _is_parquet(path):
+        return read_parquet(path)
+    return read_csv(path, text_columns)
 
 
 def summary(frame: pd.DataFrame) -> dict[str, int]:
