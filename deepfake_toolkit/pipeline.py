@@ -124,6 +124,21 @@ def _as_detectors(model: ModelArg, weights_dir: str | os.PathLike[str] | None,
     return detectors
 
 
+def shared_transforms(detectors: list[Detector]) -> tuple[list[ImageTransform], list[int]]:
+    """The distinct input transforms of ``detectors`` and, per detector, the index of its own:
+    models that share a preprocessing get each image transformed once."""
+    unique: list[ImageTransform] = []
+    transform_index: list[int] = []
+    for detector in detectors:
+        preprocess = detector.spec.preprocess
+        known = [t.preprocess for t in unique]
+        if preprocess not in known:
+            unique.append(detector.transform)
+            known.append(preprocess)
+        transform_index.append(known.index(preprocess))
+    return unique, transform_index
+
+
 def default_workers(n_files: int, batch_size: int) -> int:
     """Worker processes for decoding: none for small jobs, else up to the CPU count (max 4)."""
     if n_files <= batch_size:
@@ -192,16 +207,7 @@ def classify_files(
     detectors = _as_detectors(model, weights_dir, resolved)
     schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
 
-    unique: list[ImageTransform] = []
-    transform_index: list[int] = []
-    for detector in detectors:
-        preprocess = detector.spec.preprocess
-        known = [t.preprocess for t in unique]
-        if preprocess not in known:
-            unique.append(detector.transform)
-            known.append(preprocess)
-        transform_index.append(known.index(preprocess))
-
+    unique, transform_index = shared_transforms(detectors)
     cropper = FaceCropper(face_config, device=resolved) if face_crop else None
     detect_in_workers = cropper is not None and resolved.type == "cpu"
     workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers

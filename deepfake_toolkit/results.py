@@ -215,10 +215,18 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         ImportError: pyarrow is not installed (the message says how to install it).
     """
     _require_pyarrow()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     out = frame.copy()
     if "face_box" in out:
         out["face_box"] = out["face_box"].map(_box_to_list).astype(object)
-    return _write_atomically(path, lambda temporary: out.to_parquet(temporary, index=False))
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    # The schema's own types, also for columns that happen to be all empty in this table.
+    known = arrow_schema()
+    table = table.cast(pa.schema([known.field(f.name) if f.name in known.names else f
+                                  for f in table.schema]))
+    return _write_atomically(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -284,10 +292,17 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a result Parquet file written by :func:`write_parquet` (or by the Ray engine) back
-    into a result table, with the types :func:`read_csv` gives."""
+    """Read a result Parquet file written by :func:`write_parquet` back into a result table, with
+    the types :func:`read_csv` gives."""
     _require_pyarrow()
-    frame = pd.read_parquet(path)
+    return restore_types(pd.read_parquet(path))
+
+
+def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give a table that went through Arrow (a Parquet file, a Ray dataset) the types of
+    :func:`read_csv`: text without missing values, ``face_box`` as a tuple or None, nullable
+    integers."""
+    frame = frame.copy()
     for column in _TEXT_COLUMNS:
         if column in frame:
             frame[column] = frame[column].fillna("").astype(str)
@@ -300,7 +315,20 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
     for column in ("n_faces", "width", "height"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in ("fake_score", "face_prob"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return frame
+
+
+def arrow_schema():
+    """The schema's columns as a ``pyarrow.Schema`` (Parquet files and Ray datasets use it)."""
+    import pyarrow as pa
+
+    types = {"fake_score": pa.float64(), "face_prob": pa.float64(), "face_crop": pa.bool_(),
+             "face_found": pa.bool_(), "n_faces": pa.int64(), "width": pa.int64(),
+             "height": pa.int64(), "face_box": pa.list_(pa.float64())}
+    return pa.schema([(column, types.get(column, pa.string())) for column in COLUMNS])
 
 
 def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:

@@ -109,3 +109,18 @@ def test_write_table_and_read_table_choose_the_format_by_suffix(tmp_path):
     pd.testing.assert_frame_equal(read_table(parquet), read_table(csv))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scores.PARQUET",
                                                                     "scores.csv"]
+
+
+def test_parquet_keeps_the_schema_types_when_a_column_is_all_empty(tmp_path):
+    import pyarrow.parquet as pq
+
+    frame = results_frame(_rows()[1:])
+    path = write_parquet(frame, tmp_path / "errors.parquet")
+    schema = pq.read_schema(path)
+    import pyarrow as pa
+
+    assert pa.types.is_list(schema.field("face_box").type)
+    assert schema.field("face_box").type.value_type == pa.float64()
+    assert schema.field("width").type == pa.int64()
+    back = read_parquet(path)
+    assert back["face_box"][0] is None and pd.isna(back["width"][0])
