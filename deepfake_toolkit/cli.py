@@ -60,6 +60,14 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--bands", action="store_true",
                         help="label with the five score bands even if the model has a threshold")
     _add_engine_options(parser)
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this machine (default); ray: a Ray cluster, the same rows "
+                             "(needs pip install \"deepfake-toolkit[ray]\"; --workers then sets "
+                             "the face-crop actors)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: the cluster to use, 'auto' (this machine's), "
+                             "host:6379 or ray://host:10001 (default: start a local one for "
+                             "this run)")
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_classify
@@ -69,7 +77,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     from .images import find_images
     from .models import get_spec
     from .pipeline import classify_files
-    from .results import summary
+    from .results import is_parquet_path, summary
 
     directory = Path(args.directory).expanduser()
     if not directory.is_dir():
@@ -79,18 +87,31 @@ def _run_classify(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must lie between 0 and 1")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
     models = args.models or ["default"]
     for name in models:
         get_spec(name)
-    files = find_images(directory, recursive=not args.no_recursive)
     output = Path(args.output or "deepfake_scores.csv").expanduser()
+    if is_parquet_path(output):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(f"{output}: Parquet output needs pyarrow: pip install pyarrow, or "
+                             "write a .csv") from None
+    if args.engine == "ray":
+        from .distributed import import_ray
+
+        import_ray()
+    files = find_images(directory, recursive=not args.no_recursive)
     if not files:
         print(f"No image files found in {directory}.", file=sys.stderr)
     frame = classify_files(
         files, model=models, face_crop=not args.no_face_crop, no_face=args.no_face,
         threshold=args.threshold, bands=args.bands, batch_size=args.batch_size,
         device=args.device, num_workers=args.workers, weights_dir=args.weights_dir,
-        output_csv=output, progress=not args.quiet)
+        output_csv=output, progress=not args.quiet, engine=args.engine,
+        ray_address=args.ray_address)
     counts = summary(frame)
     rate = frame.attrs.get("images_per_second", float("nan"))
     print(f"{len(files)} files, {counts['scored']} scored, {counts['fakes']} labelled fake, "
@@ -631,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .images import ImageReadError
     from .batch import NotebookNotFoundError
+    from .distributed import RayEngineError
     from .models import (
         UnknownModelError,
         WeightsFileError,
@@ -648,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
-            NotebookNotFoundError) as exc:
+            NotebookNotFoundError, RayEngineError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -28,6 +28,8 @@ from .models.transforms import ImageTransform
 from .results import label_scheme, results_frame, write_table
 
 ModelArg = str | Detector | Sequence[str | Detector]
+ENGINES: tuple[str, ...] = ("local", "ray")
+"""Where classification runs: this machine, or a Ray cluster."""
 
 
 @dataclass
@@ -165,6 +167,8 @@ def classify_files(
     progress: bool = True,
     stop: threading.Event | None = None,
     on_batch: Callable[[pd.DataFrame], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Score image files with one or more models.
 
@@ -193,6 +197,12 @@ def classify_files(
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
         on_batch: Called with the rows of each finished batch (for live displays).
+        engine: "local" (this machine: worker processes and one model) or "ray" (a Ray cluster,
+            see :mod:`deepfake_toolkit.distributed`; needs ``pip install
+            "deepfake-toolkit[ray]"``). Both give the same rows in the same order.
+        ray_address: With ``engine="ray"``: None starts a local Ray (or uses the one this
+            process already started), "auto" joins the cluster of this machine, "host:6379" or
+            "ray://host:10001" a remote one.
 
     Returns:
         A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
@@ -202,6 +212,17 @@ def classify_files(
         raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if engine == "ray":
+        from .distributed import classify_files_on_ray
+
+        return classify_files_on_ray(
+            files, model, face_crop, ray_address=ray_address, no_face=no_face,
+            face_config=face_config, threshold=threshold, bands=bands, batch_size=batch_size,
+            device=str(device), num_workers=num_workers, weights_dir=weights_dir,
+            max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
+            stop=stop, on_batch=on_batch)
     paths = [Path(f).expanduser() for f in files]
     resolved = resolve_device(device)
     detectors = _as_detectors(model, weights_dir, resolved)
@@ -263,7 +284,8 @@ def classify_directory(
         face_crop: Score face crops (True) or whole images (False).
         recursive: Include sub-folders.
         **options: Everything :func:`classify_files` takes (threshold, no_face, batch_size,
-            device, output_csv, ...).
+            device, output_csv, engine, ray_address, ...).
+
 
     Returns:
         The result table (see :data:`deepfake_toolkit.results.COLUMNS`).

@@ -171,6 +171,12 @@ def _box_to_list(box: Any) -> list[float] | None:
     return [round(float(v), 1) for v in box]
 
 
+def _box_from_arrow(box: Any) -> tuple[float, ...] | None:
+    if box is None or (pd.api.types.is_scalar(box) and pd.isna(box)):
+        return None
+    return tuple(float(v) for v in box)
+
+
 def _box_from_text(text: Any) -> tuple[float, ...] | None:
     if not isinstance(text, str) or not text.strip():
         return None
@@ -231,12 +237,13 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a result table as Parquet when ``path`` ends in .parquet or .pq, else as CSV."""
-    if _is_parquet(path):
+    if is_parquet_path(path):
         return write_parquet(frame, path)
     return write_csv(frame, path)
 
 
-def _is_parquet(path: str | os.PathLike[str]) -> bool:
+def is_parquet_path(path: str | os.PathLike[str]) -> bool:
+    """Whether a table at ``path`` is written and read as Parquet (see :data:`PARQUET_SUFFIXES`)."""
     return Path(path).suffix.lower() in PARQUET_SUFFIXES
 
 
@@ -307,8 +314,7 @@ def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
         if column in frame:
             frame[column] = frame[column].fillna("").astype(str)
     if "face_box" in frame:
-        frame["face_box"] = frame["face_box"].map(
-            lambda box: None if box is None else tuple(float(v) for v in box)).astype(object)
+        frame["face_box"] = frame["face_box"].map(_box_from_arrow).astype(object)
     for column in ("face_crop", "face_found"):
         if column in frame:
             frame[column] = frame[column].astype(bool)
@@ -333,7 +339,7 @@ def arrow_schema():
 
 def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a result table from Parquet (.parquet, .pq) or CSV (anything else)."""
-    if _is_parquet(path):
+    if is_parquet_path(path):
         return read_parquet(path)
     return read_csv(path, text_columns)
 
