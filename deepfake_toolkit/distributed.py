@@ -11,7 +11,9 @@ backpressure:
    and scores the regions with :meth:`~deepfake_toolkit.models.Detector.predict`, turning them
    into the rows of :data:`~deepfake_toolkit.results.COLUMNS`.
 
-The weights are loaded (and checked) once by the caller and travel to the actors through Ray's
+The crop actors run the local engine's own per-file code (``pipeline._FileDataset``) and the
+model actors its own scoring (``pipeline._score_batch``), so both engines give the same rows by
+construction, errors included. The weights are loaded (and checked) once by the caller and travel to the actors through Ray's
 object store, so worker machines need the toolkit installed but not the weight files.
 
 Ray is an optional extra (``pip install "deepfake-toolkit[ray]"``); only this module imports it.
@@ -84,7 +86,7 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
     """Use the Ray this process is connected to, or connect (or start a local one) for the block.
 
     An already initialised Ray (``ray.init`` called earlier, e.g. by a notebook or a test) is used
-    as it is and left running. Otherwise ``ray.init(address)`` connects to a cluster ("auto", a
+    as it is, whatever ``address`` says, and left running. Otherwise ``ray.init(address)`` connects to a cluster ("auto", a
     head node's "host:6379", "ray://host:10001" with the ``ray[client]`` extra) or, with None and
     no ``RAY_ADDRESS``, starts a local one without the dashboard; it is shut down when the block
     ends, also on an error or Ctrl+C, so no Ray process of this run is left behind.
@@ -102,7 +104,7 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
     options = {"include_dashboard": False, "log_to_driver": False, **init_options}
     try:
         ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception on a slow start too
         ray.shutdown()
         where = f"at {address}" if address else "locally"
         raise RayEngineError(
@@ -365,6 +367,9 @@ def classify_dataset(
     paths = dataset.select_columns([path_column])
     if path_column != "path":
         paths = paths.rename_columns({path_column: "path"})
+    # A listing often arrives as one big block (one Parquet file): cut it into batches that
+    # every crop actor can take, streaming.
+    paths = paths.repartition(target_num_rows_per_block=batch_size)
     with warnings.catch_warnings():
         # Ray 2.60 offers no named parameter for actor restarts yet; its generic remote
         # arguments still work but warn that they will go (the extra pins Ray below 2.64).

@@ -64,9 +64,9 @@ def ray_cluster():
         "ray", reason='Ray is not installed: pip install "deepfake-toolkit[ray]"')
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = short_temp_dir()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 * 1024 ** 2, _temp_dir=temp_dir)
     try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 1024 ** 2, _temp_dir=temp_dir)
         assert ray_processes(temp_dir), "the process check does not see this cluster"
         yield ray
     finally:
@@ -211,19 +211,25 @@ def _cli(*args: object, temp_dir: str) -> subprocess.Popen:
 
 
 @ray_timeout
-def test_cli_engine_ray_writes_the_local_table_and_leaves_no_ray_processes(
+def test_cli_on_a_running_cluster_writes_the_local_table_and_leaves_the_cluster_up(
         ray_cluster, both_engines, image_folder, tmp_path):
     local, _, _ = both_engines
+    context = ray_cluster.get_runtime_context()
+    cluster = ray_processes(context.get_temp_dir())
+    assert cluster
     temp_dir = short_temp_dir()
     try:
-        run = _cli("classify", image_folder, "--engine", "ray", "-o", tmp_path / "out.parquet",
-                   "--batch-size", "2", "--device", "cpu", "--quiet", temp_dir=temp_dir)
+        run = _cli("classify", image_folder, "--engine", "ray", "--ray-address",
+                   context.gcs_address,
+                   "-o", tmp_path / "out.parquet", "--batch-size", "2", "--device", "cpu",
+                   "--quiet", temp_dir=temp_dir)
         stdout, stderr = run.communicate(timeout=200)
         assert run.returncode == 0, stderr
         assert "6 files, 4 scored" in stdout and "2 errors" in stdout
         pd.testing.assert_frame_equal(read_table(tmp_path / "out.parquet"), local,
                                       check_exact=False, atol=1e-5, rtol=0)
-        assert not wait_until_gone(temp_dir)
+        assert not ray_processes(temp_dir), "the run started a Ray of its own"
+        assert ray_processes(context.get_temp_dir()) == cluster, "the run took the cluster down"
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
