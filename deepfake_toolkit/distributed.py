@@ -13,8 +13,9 @@ backpressure:
 
 The crop actors run the local engine's own per-file code (``pipeline._FileDataset``) and the
 model actors its own scoring (``pipeline._score_batch``), so both engines give the same rows by
-construction, errors included. The weights are loaded (and checked) once by the caller and travel to the actors through Ray's
-object store, so worker machines need the toolkit installed but not the weight files.
+construction, errors included. The weights are loaded (and checked) once by the caller and
+travel to the actors through Ray's object store, so worker machines need the toolkit installed
+but not the weight files.
 
 Ray is an optional extra (``pip install "deepfake-toolkit[ray]"``); only this module imports it.
 """
@@ -86,10 +87,11 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
     """Use the Ray this process is connected to, or connect (or start a local one) for the block.
 
     An already initialised Ray (``ray.init`` called earlier, e.g. by a notebook or a test) is used
-    as it is, whatever ``address`` says, and left running. Otherwise ``ray.init(address)`` connects to a cluster ("auto", a
-    head node's "host:6379", "ray://host:10001" with the ``ray[client]`` extra) or, with None and
-    no ``RAY_ADDRESS``, starts a local one without the dashboard; it is shut down when the block
-    ends, also on an error or Ctrl+C, so no Ray process of this run is left behind.
+    as it is, whatever ``address`` says, and left running. Otherwise ``ray.init(address)``
+    connects to a cluster ("auto", a head node's "host:6379", "ray://host:10001" with the
+    ``ray[client]`` extra) or, with None and no ``RAY_ADDRESS``, starts a local one without the
+    dashboard; it is shut down when the block ends, also on an error or Ctrl+C, so no Ray process
+    of this run is left behind (a cluster it only connected to keeps running).
 
     Yields:
         The ``ray`` module.
