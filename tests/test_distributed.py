@@ -109,8 +109,9 @@ def both_engines(ray_cluster, image_folder, tmp_path_factory):
 
 
 @ray_timeout
-def test_ray_gives_the_local_rows(both_engines):
+def test_ray_gives_the_local_rows(both_engines, ray_cluster):
     local, on_ray, _ = both_engines
+    assert ray_cluster.is_initialized(), "the run shut down a Ray it had not started"
     assert on_ray["path"].tolist() == local["path"].tolist()
     assert on_ray["label"].tolist() == local["label"].tolist()
     assert (local["region"] == "face").sum() == 3 and (local["label"] == "error").sum() == 2
