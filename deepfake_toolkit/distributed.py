@@ -108,6 +108,7 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
         ray.init(address=address, **options)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception on a slow start too
         ray.shutdown()
+        _end_half_started_ray()
         where = f"at {address}" if address else "locally"
         raise RayEngineError(
             f"could not start or reach a Ray cluster {where}: {exc}. Start one with "
@@ -117,6 +118,29 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
         yield ray
     finally:
         ray.shutdown()
+
+
+def _end_half_started_ray() -> None:
+    """End the Ray processes a failed ``ray.init`` of this process left (its own children only):
+    when the start times out (on an overloaded machine the raylet can take over Ray's fixed 30 s
+    to register), ``ray.shutdown()`` does not know them."""
+    import psutil  # Ray ships it
+
+    def is_ray(process) -> bool:
+        name = process.name()
+        command = " ".join(process.cmdline())
+        return name in ("raylet", "gcs_server") or name.startswith("ray::") or \
+            f"{os.sep}ray{os.sep}" in command
+
+    ended = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if is_ray(child):
+                child.kill()
+                ended.append(child)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(ended, timeout=10)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit import classify_directory, classify_files, load_model
-from deepfake_toolkit.distributed import RayEngineError, plan_actors
+from deepfake_toolkit.distributed import RayEngineError, _end_half_started_ray, plan_actors
 from deepfake_toolkit.results import read_table, restore_types
 
 RAY_PROCESSES = ("raylet", "gcs_server")
@@ -34,9 +34,10 @@ def ray_processes(temp_dir: str) -> list[int]:
     import psutil
 
     found = []
-    for process in psutil.process_iter(["name", "cmdline"]):
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
         try:
             if process.info["name"] in RAY_PROCESSES and \
+                    process.info["status"] != psutil.STATUS_ZOMBIE and \
                     temp_dir in " ".join(process.info["cmdline"] or []):
                 found.append(process.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -65,8 +66,18 @@ def ray_cluster():
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = short_temp_dir()
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 1024 ** 2, _temp_dir=temp_dir)
+        for attempt in range(3):
+            try:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=200 * 1024 ** 2, _temp_dir=temp_dir)
+                break
+            except Exception:
+                # On an overloaded machine the raylet can miss Ray's fixed 30 s to register;
+                # end what the failed start left, then try again.
+                ray.shutdown()
+                _end_half_started_ray()
+                if attempt == 2:
+                    raise
         assert ray_processes(temp_dir), "the process check does not see this cluster"
         yield ray
     finally:
