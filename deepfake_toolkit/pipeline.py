@@ -214,6 +214,8 @@ def classify_files(
         raise ValueError("batch_size must be at least 1")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise ValueError("ray_address needs engine='ray'")
     if engine == "ray":
         from .distributed import classify_files_on_ray
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -209,9 +210,11 @@ def test_ray_engine_without_ray_says_how_to_install(monkeypatch, tmp_path, capsy
     assert not (tmp_path / "out.csv").exists()
 
 
-def test_unknown_engine_is_refused(tmp_path):
+def test_unknown_engine_and_address_without_ray_are_refused():
     with pytest.raises(ValueError, match="engine must be one of"):
         classify_files([], engine="spark")
+    with pytest.raises(ValueError, match="ray_address needs engine='ray'"):
+        classify_files([], ray_address="auto")
 
 
 def _cli(*args: object, temp_dir: str) -> subprocess.Popen:
@@ -247,21 +250,27 @@ def test_cli_on_a_running_cluster_writes_the_local_table_and_leaves_the_cluster_
 
 
 @ray_timeout
-def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, image_folder, tmp_path):
+def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(40):  # far more than can be scored between the start and the Ctrl+C
+        astronaut.save(folder / f"{index:02d}.jpg", quality=90)
     temp_dir = short_temp_dir()
+    run = _cli("classify", folder, "--engine", "ray", "-o", tmp_path / "out.csv",
+               "--batch-size", "1", "--device", "cpu", temp_dir=temp_dir)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
+    reader.start()
     try:
-        run = _cli("classify", image_folder, "--engine", "ray", "-o", tmp_path / "out.csv",
-                   "--batch-size", "1", "--device", "cpu", temp_dir=temp_dir)
-        deadline = time.monotonic() + 150
-        while not ray_processes(temp_dir) and time.monotonic() < deadline:
-            assert run.poll() is None, run.communicate()[1]
-            time.sleep(0.5)
-        assert ray_processes(temp_dir), "the run never started its Ray"
-        time.sleep(3)
+        deadline = time.monotonic() + 180
+        while not any("Starting execution" in line for line in lines):
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        assert ray_processes(temp_dir), "the run's own Ray is not running"
         run.send_signal(signal.SIGINT)
-        _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 130, stderr
-        assert "interrupted" in stderr
+        assert run.wait(timeout=60) == 130, "".join(lines)
+        reader.join(timeout=10)
+        assert "interrupted" in "".join(lines)
         assert not wait_until_gone(temp_dir)
         assert not (tmp_path / "out.csv").exists()
     finally:
