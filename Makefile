@@ -7,21 +7,28 @@ BIN := $(VENV)/bin
 OUT ?= deepfake_scores.csv
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install classify test
+.PHONY: install install-test classify test
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+# The main job needs only the package; the tests need the test extra on top of it.
+$(VENV)/.installed-base: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@ $(VENV)/.installed-base
+
+install: $(VENV)/.installed-base
+
+install-test: $(VENV)/.installed
 
 classify: install
 	@test -n "$(DIR)" || { echo "usage: make classify DIR=path/to/images [OUT=scores.csv]"; exit 2; }
 	$(BIN)/deepfake-toolkit classify "$(DIR)" -o "$(OUT)" $(ARGS)
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest -q

@@ -44,6 +44,7 @@ from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
 from .models.registry import load_strict
 from .pipeline import (
+    ClassificationInterrupted,
     ModelArg,
     _as_detectors,
     _FileDataset,
@@ -448,7 +449,8 @@ def classify_files_on_ray(
     Called by ``classify_files(..., engine="ray")``; ``num_workers`` sets the crop actors and
     ``ray_address`` the cluster (see :func:`ray_session`). Rows stream back as they are scored
     (``on_batch``, the progress bar, ``stop``) and are put into the local engine's order at the
-    end. ``attrs["ray_start_seconds"]`` holds the time taken to start or reach Ray, which
+    end; on Ctrl+C the rows so far are written and
+    :class:`~deepfake_toolkit.pipeline.ClassificationInterrupted` is raised, as locally. ``attrs["ray_start_seconds"]`` holds the time taken to start or reach Ray, which
     ``seconds`` and ``images_per_second`` leave out.
     """
     paths = [str(Path(f).expanduser()) for f in files]
@@ -464,7 +466,7 @@ def classify_files_on_ray(
 
     started_ray = time.perf_counter()
     parts: list[pd.DataFrame] = []
-    stopped = False
+    stopped = interrupted = False
     with ray_session(ray_address) as ray:
         context = ray.data.DataContext.get_current()
         bars = context.enable_progress_bars
@@ -487,6 +489,9 @@ def classify_files_on_ray(
                 if stop is not None and stop.is_set():
                     stopped = True
                     break
+        except KeyboardInterrupt:
+            # As the local engine: keep (and write) the rows scored so far, then re-raise.
+            stopped = interrupted = True
         finally:
             bar.close()
             context.enable_progress_bars = bars
@@ -496,6 +501,8 @@ def classify_files_on_ray(
                        images_per_second=len(frame) / len(detectors) / seconds)
     if output_csv is not None:
         write_table(frame, output_csv)
+    if interrupted:
+        raise ClassificationInterrupted(frame)
     return frame
 
 

@@ -105,8 +105,17 @@ def prepare_regions(item: _Item, image: Image.Image, faces: list[Face] | None,
     item.image = None
 
 
-def _keep_list(batch: list[_Item]) -> list[_Item]:
-    return batch
+def _keep_item(item: _Item) -> _Item:
+    return item
+
+
+class ClassificationInterrupted(KeyboardInterrupt):
+    """Ctrl+C stopped :func:`classify_files`; ``frame`` holds the rows scored before it (already
+    written to ``output_csv`` when one was given)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        super().__init__(f"interrupted after {len(frame)} rows")
+        self.frame = frame
 
 
 def _worker_init(_: int) -> None:
@@ -196,6 +205,9 @@ def classify_files(
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
+            Ctrl+C (KeyboardInterrupt) also keeps the rows scored so far: they are written to
+            ``output_csv`` and :class:`ClassificationInterrupted` (a KeyboardInterrupt) carries
+            them as its ``frame``.
         on_batch: Called with the rows of each finished batch (for live displays).
         engine: "local" (this machine: worker processes and one model) or "ray" (a Ray cluster,
             see :mod:`deepfake_toolkit.distributed`; needs ``pip install
@@ -232,31 +244,50 @@ def classify_files(
 
     unique, transform_index = shared_transforms(detectors)
     cropper = FaceCropper(face_config, device=resolved) if face_crop else None
-    detect_in_workers = cropper is not None and resolved.type == "cpu"
+    # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
+    # onnxruntime CPU network), detection runs per image in the workers.
+    detect_in_workers = cropper is not None and (resolved.type == "cpu"
+                                                 or cropper.config.detector == "retinaface")
     workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
     dataset = _FileDataset(paths, unique, cropper, detect_here=cropper is None or detect_in_workers,
                            no_face=no_face, max_pixels=max_pixels, perturb=perturb)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_list, worker_init_fn=_worker_init if workers else None,
-                        persistent_workers=False)
+    # Files come back one at a time (the progress bar moves per image) and are scored in
+    # batches; each worker keeps up to a batch of files ready while the models run.
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        collate_fn=_keep_item, worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=batch_size if workers else None, persistent_workers=False)
 
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
-    stopped = False
+    stopped = interrupted = False
     bar = _progress_bar(len(paths), detectors, progress)
+
+    def score(batch: list[_Item]) -> None:
+        if cropper is not None and not detect_in_workers:
+            _detect_in_main(batch, cropper, no_face, unique)
+        batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
+                                  no_face, batch_size)
+        rows.extend(batch_rows)
+        if on_batch is not None:
+            on_batch(results_frame(batch_rows))
+
+    pending: list[_Item] = []
     try:
-        for batch in loader:
-            if cropper is not None and not detect_in_workers:
-                _detect_in_main(batch, cropper, no_face, unique)
-            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
-                                      no_face, batch_size)
-            rows.extend(batch_rows)
-            bar.update(len(batch))
-            if on_batch is not None:
-                on_batch(results_frame(batch_rows))
-            if stop is not None and stop.is_set():
-                stopped = True
-                break
+        for item in loader:
+            pending.append(item)
+            bar.update(1)
+            if len(pending) == batch_size:
+                score(pending)
+                pending = []
+                if stop is not None and stop.is_set():
+                    stopped = True
+                    break
+        else:
+            if pending:
+                score(pending)
+    except KeyboardInterrupt:
+        # Ctrl+C: keep (and write) every row scored so far, then let the caller see the interrupt.
+        stopped = interrupted = True
     finally:
         bar.close()
     seconds = time.perf_counter() - started
@@ -266,6 +297,8 @@ def classify_files(
                        images_per_second=n_done / seconds if seconds > 0 else math.nan)
     if output_csv is not None:
         write_table(frame, output_csv)
+    if interrupted:
+        raise ClassificationInterrupted(frame)
     return frame
 
 

@@ -189,8 +189,8 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
 
     Only the detection depends on the cache; crops are cut from the image each time, so changing
     the margin or edge policy needs no new detection. Entries are keyed by path, size and
-    modification time; the detection knobs that matter (``min_face_size``, ``min_prob``,
-    ``detect_max_side``) are applied when reading.
+    modification time; ``min_face_size`` and ``min_prob`` are applied when reading, and a cache
+    made with another ``detector`` or ``detect_max_side`` is not used.
 
     Returns:
         For each path, its faces (ordered by ``face_config.select``), or None when unreadable.
@@ -202,7 +202,9 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
     wanted_side = face_config.detect_max_side
     if cache_path and cache_path.is_file():
         stored = json.loads(cache_path.read_text())
-        if stored.get("detect_max_side") == wanted_side:
+        # Caches written before the detector was a choice hold MTCNN detections.
+        if (stored.get("detect_max_side") == wanted_side
+                and stored.get("detector", "mtcnn") == face_config.detector):
             cache = stored["entries"]
     keys = {p: _file_key(p) for p in paths}
     todo = [p for p in paths if keys[p] not in cache]
@@ -219,9 +221,9 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
                                                   unit="img", disable=not progress)):
             cache[keys[path]] = boxes
             if cache_path and (done + 1) % 500 == 0:
-                _write_cache(cache_path, wanted_side, cache)
+                _write_cache(cache_path, face_config, cache)
         if cache_path:
-            _write_cache(cache_path, wanted_side, cache)
+            _write_cache(cache_path, face_config, cache)
     selector = FaceCropper(face_config)
     result: dict[str, list[Face] | None] = {}
     for path in paths:
@@ -234,10 +236,11 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
     return result
 
 
-def _write_cache(path: Path, detect_max_side: int | None, entries: dict[str, Any]) -> None:
+def _write_cache(path: Path, face_config: FaceCropConfig, entries: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"detect_max_side": detect_max_side, "entries": entries}))
+    temporary.write_text(json.dumps({"detect_max_side": face_config.detect_max_side,
+                                     "detector": face_config.detector, "entries": entries}))
     os.replace(temporary, path)
 
 

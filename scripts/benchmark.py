@@ -1,26 +1,41 @@
-"""Speed of the default model: inference and training steps, and `classify_files` end to end.
+"""Speed of the default model and where the time of a face-crop run goes.
 
-Prints images per second and peak memory, and the channels-last against standard-layout ratios
-measured in the same run (the machine's load moves absolute figures; the ratios are what to
-compare). Nothing is asserted.
+Prints images per second and peak memory, and ratios measured in the same run (the machine's
+load moves absolute figures; the ratios are what to compare). Nothing is asserted.
+
+1. The model alone: inference and training steps, channels-last against the standard layout.
+2. ``classify_files`` with face crop on --limit files spread over --images.
+3. With --stages: on --stage-files face photos at 512 px and the same photos upscaled to
+   1024 px, for each face detector (MTCNN, and RetinaFace when installed): decoding only;
+   decoding and face detection only (in the pipeline's worker processes, no model); the whole
+   pipeline; and a naive loop (open one image, detect, crop, score it alone, next). It prints
+   images/s, the ratios whole pipeline / detection stage and whole pipeline / naive loop, and
+   the peak resident memory of the process and its workers together.
 
 Usage: python scripts/benchmark.py [--images DIR] [--limit N] [--device cpu|cuda] [--repeats N]
+                                   [--stages] [--stage-files N] [--workers N]
 
---images defaults to ../shared/data/faces-train (--limit files spread evenly over it); without
-it, only the model figures are printed. Run it under the `deepfake-toolkit` command's allocator
-(LD_PRELOAD=libtcmalloc...) to see what users get.
+--images defaults to ../shared/data/faces-train; without it, only the model figures are
+printed. Run it under the `deepfake-toolkit` command's allocator (LD_PRELOAD=libtcmalloc...) to
+see what users get.
 """
 
 import argparse
+import os
 import resource
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from deepfake_toolkit import classify_files
-from deepfake_toolkit.images import find_images
+from deepfake_toolkit import FaceCropConfig, FaceCropper, classify_files
+from deepfake_toolkit.images import find_images, load_image
 from deepfake_toolkit.models import load_model
+from deepfake_toolkit.pipeline import default_workers
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared/data/faces-train"
 
@@ -85,19 +100,162 @@ def pipeline_figures(folder: Path, limit: int, device: str) -> None:
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
+class PeakMemory:
+    """Samples the resident memory of this process and all its children, summed, every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        found = []
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                text = (task / "children").read_text().split()
+                found.extend(int(child) for child in text)
+        except OSError:
+            pass
+        return found
+
+    def _run(self) -> None:
+        while not self._done.wait(0.05):
+            pids, todo = [], [os.getpid()]
+            while todo:
+                pid = todo.pop()
+                pids.append(pid)
+                todo.extend(self._children(pid))
+            self.peak = max(self.peak, sum(self._rss(pid) for pid in pids))
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+class _DetectOnly(Dataset):
+    """The pipeline's worker stage without the models: decode, then find faces."""
+
+    def __init__(self, files: list[str], cropper: FaceCropper) -> None:
+        self.files, self.cropper = files, cropper
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> int:
+        return len(self.cropper.detect([load_image(self.files[index])])[0])
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _rate(files: list[str], run) -> tuple[float, float]:
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - started
+    return len(files) / seconds, memory.peak / 2**30
+
+
+def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
+    photos = [str(p) for p in find_images(folder / "ffhq_tpdne_roeishc")][:count]
+    if len(photos) < count:
+        print(f"need {count} 512 px photos in {folder / 'ffhq_tpdne_roeishc'}; found {len(photos)}")
+        return
+    detector = load_model("default", device=device)
+    detectors = ["mtcnn"]
+    try:
+        import retinaface  # noqa: F401
+        detectors.append("retinaface")
+    except ImportError:
+        print("RetinaFace not installed (pip install 'deepfake-toolkit[retinaface]'): MTCNN only")
+    with tempfile.TemporaryDirectory() as scratch:
+        big = []
+        for index, path in enumerate(photos):
+            big.append(os.path.join(scratch, f"{index:04d}.jpg"))
+            with Image.open(path) as image:
+                image.convert("RGB").resize((1024, 1024), Image.Resampling.LANCZOS).save(
+                    big[-1], quality=90)
+        for size, files in ((512, photos), (1024, big)):
+            rate, memory = _rate(files, lambda: [load_image(f) for f in files])
+            print(f"{size:4d} px  decode only (1 process)          {rate:7.1f} img/s   "
+                  f"peak {memory:.2f} GiB")
+            for name in detectors:
+                config = FaceCropConfig(detector=name)
+                cropper = FaceCropper(config)
+                loader_workers = default_workers(len(files), 32) if workers < 0 else workers
+
+                def detect_only() -> None:
+                    loader = DataLoader(_DetectOnly(files, cropper), batch_size=None,
+                                        num_workers=loader_workers,
+                                        worker_init_fn=_one_thread if loader_workers else None)
+                    for _ in loader:
+                        pass
+
+                def whole() -> None:
+                    classify_files(files, detector, face_config=config, progress=False,
+                                   num_workers=None if workers < 0 else workers)
+
+                @torch.inference_mode()
+                def naive() -> None:
+                    for path in files:
+                        image = load_image(path)
+                        faces = cropper.detect([image])[0]
+                        region = cropper.crop(image, faces[0]) if faces else image
+                        detector.predict(detector.transform(region).unsqueeze(0))
+
+                detect_rate, detect_memory = _rate(files, detect_only)
+                whole_rate, whole_memory = _rate(files, whole)
+                naive_rate, naive_memory = _rate(files, naive)
+                print(f"{size:4d} px  {name:10s} detection stage only   {detect_rate:7.1f} img/s   "
+                      f"peak {detect_memory:.2f} GiB ({loader_workers} workers)")
+                print(f"{size:4d} px  {name:10s} whole pipeline         {whole_rate:7.1f} img/s   "
+                      f"peak {whole_memory:.2f} GiB")
+                print(f"{size:4d} px  {name:10s} naive loop             {naive_rate:7.1f} img/s   "
+                      f"peak {naive_memory:.2f} GiB")
+                print(f"{size:4d} px  {name:10s} pipeline / detection stage "
+                      f"{whole_rate / detect_rate:.2f}x, pipeline / naive loop "
+                      f"{whole_rate / naive_rate:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
     parser.add_argument("--limit", type=int, default=400)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--stages", action="store_true",
+                        help="also time each stage of a face-crop run at 512 and 1024 px")
+    parser.add_argument("--stage-files", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="decoding workers for the stage figures (default: the pipeline's)")
+    parser.add_argument("--skip-model", action="store_true", help="no model-only figures")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
-    model_figures(args.device, args.repeats)
-    if args.images.is_dir():
-        pipeline_figures(args.images, args.limit, args.device)
-    else:
+    if not args.skip_model:
+        model_figures(args.device, args.repeats)
+    if not args.images.is_dir():
         print(f"{args.images} is absent: no pipeline figures")
+        return
+    if args.stages:
+        stage_figures(args.images, args.stage_files, args.workers, args.device)
+    else:
+        pipeline_figures(args.images, args.limit, args.device)
 
 
 if __name__ == "__main__":

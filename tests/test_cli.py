@@ -105,3 +105,24 @@ def test_tcmalloc_is_preloaded_by_re_running_the_command(monkeypatch, tmp_path):
     monkeypatch.setenv("LD_PRELOAD", str(library))
     cli.preload_tcmalloc(["models"])
     assert calls == []
+
+
+def test_without_tcmalloc_the_command_re_runs_with_glibc_huge_pages(monkeypatch):
+    from deepfake_toolkit import cli
+
+    monkeypatch.setattr(cli, "find_tcmalloc", lambda: None)
+    monkeypatch.delenv(cli.NO_TCMALLOC_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda *args: calls.append(args))
+    cli.preload_tcmalloc(["classify", "x"])
+    executable, argv, env = calls[0]
+    assert argv[1:] == ["-m", "deepfake_toolkit", "classify", "x"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert "LD_PRELOAD" not in env and env[cli.NO_TCMALLOC_ENV] == "1"
+
+    calls.clear()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    cli.preload_tcmalloc(["classify", "x"])
+    assert calls == []

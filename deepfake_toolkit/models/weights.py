@@ -15,8 +15,12 @@ from .spec import WeightFile
 WEIGHTS_ENV = "DEEPFAKE_TOOLKIT_WEIGHTS"
 """Environment variable naming an extra folder of weight files."""
 
-PROJECT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
-"""The project's own weights/ folder (beside the package in a source checkout)."""
+_PACKAGED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+PROJECT_WEIGHTS = (_PACKAGED_WEIGHTS if _PACKAGED_WEIGHTS.is_dir()
+                   else Path(__file__).resolve().parents[2] / "weights")
+"""The weights that ship with the toolkit: the project's weights/ folder beside the package in a
+source checkout, or its copy inside the installed package (``deepfake_toolkit/weights``) after a
+plain ``pip install``."""
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -79,7 +83,8 @@ def download_instructions(weight: WeightFile) -> list[str]:
         lines.append(weight.instructions or "and put it in one of those folders.")
         lines.append(f"(Or point ${WEIGHTS_ENV} at the folder that holds it.)")
     else:
-        lines.append("This file ships with the toolkit: reinstall it from a complete checkout.")
+        lines.append("This file ships with the toolkit: reinstall it from a complete checkout or "
+                     "wheel.")
         if weight.instructions:
             lines.append(weight.instructions)
     if weight.license and weight.license != "unknown":
