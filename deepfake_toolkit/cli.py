@@ -248,6 +248,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    parser.add_argument("--max-files", type=int, default=20_000, metavar="N",
+                        help="most images one request may score; larger folders are refused "
+                             "(default: 20000)")
     _add_engine_options(parser)
     return _run_serve
 
@@ -266,7 +269,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                          "pip install 'deepfake-toolkit[server]'") from None
     try:
         service = DetectorService(weights_dir=args.weights_dir, device=args.device,
-                                  batch_size=args.batch_size, num_workers=args.workers)
+                                  batch_size=args.batch_size, num_workers=args.workers,
+                                  max_files=args.max_files)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -692,6 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightsMismatchError,
         WeightsNotFoundError,
     )
+    from .results import OutputNotWritableError
     from .samples import SamplesError
 
     parser, runners = build_parser()
@@ -703,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
-            NotebookNotFoundError, RayEngineError) as exc:
+            NotebookNotFoundError, OutputNotWritableError, RayEngineError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ import io
 import json
 import math
 import os
+import signal
 import threading
 import time
 import warnings
@@ -53,8 +54,8 @@ from .pipeline import (
     _score_batch,
     shared_transforms,
 )
-from .results import COLUMNS, arrow_schema, empty_results, label_scheme, restore_types, \
-    results_frame, write_table
+from .results import COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, escape_cell, \
+    label_scheme, restore_types, results_frame, unescape_cell, write_table
 
 RAY_INSTALL_HINT = 'pip install "deepfake-toolkit[ray]"'
 """What to run when Ray is missing."""
@@ -105,8 +106,10 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
         yield ray
         return
     options = {"include_dashboard": False, "log_to_driver": False, **init_options}
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     try:
         ray.init(address=address, **options)
+        _reinstall(interrupt_handler)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception on a slow start too
         ray.shutdown()
         _end_half_started_ray()
@@ -119,6 +122,14 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
         yield ray
     finally:
         ray.shutdown()
+        _reinstall(interrupt_handler)
+
+
+def _reinstall(interrupt_handler) -> None:
+    """Give Ctrl+C back to Python: Ray's core worker takes SIGINT over below Python's signal
+    module (``signal.getsignal`` does not show it), so a KeyboardInterrupt would never come."""
+    if threading.current_thread() is threading.main_thread() and interrupt_handler is not None:
+        signal.signal(signal.SIGINT, interrupt_handler)
 
 
 def _end_half_started_ray() -> None:
@@ -211,7 +222,8 @@ class _CropStage:
         self.perturb = perturb
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        paths = [str(p) for p in batch["path"]]
+        # Paths travel in escape_cell form: Arrow text cannot hold bytes that are not UTF-8.
+        paths = [unescape_cell(str(p)) for p in batch["path"]]
         files = _FileDataset([Path(p) for p in paths], self.transforms, self.cropper,
                              detect_here=True, no_face=self.no_face, max_pixels=self.max_pixels,
                              perturb=self.perturb)
@@ -251,6 +263,8 @@ class _ScoreStage:
         rows = _score_batch(items, self.detectors, self.transform_index, self.schemes,
                             self.face_crop, self.no_face, self.batch_size)
         for row in rows:
+            for column in TEXT_COLUMNS:
+                row[column] = escape_cell(row[column])
             row["fake_score"] = None if math.isnan(row["fake_score"]) else row["fake_score"]
             row["face_prob"] = None if math.isnan(row["face_prob"]) else row["face_prob"]
         return pa.Table.from_pylist(rows, schema=arrow_schema())
@@ -450,7 +464,8 @@ def classify_files_on_ray(
     ``ray_address`` the cluster (see :func:`ray_session`). Rows stream back as they are scored
     (``on_batch``, the progress bar, ``stop``) and are put into the local engine's order at the
     end; on Ctrl+C the rows so far are written and
-    :class:`~deepfake_toolkit.pipeline.ClassificationInterrupted` is raised, as locally. ``attrs["ray_start_seconds"]`` holds the time taken to start or reach Ray, which
+    :class:`~deepfake_toolkit.pipeline.ClassificationInterrupted` is raised, as locally.
+    ``attrs["ray_start_seconds"]`` holds the time taken to start or reach Ray, which
     ``seconds`` and ``images_per_second`` leave out.
     """
     paths = [str(Path(f).expanduser()) for f in files]
@@ -476,11 +491,12 @@ def classify_files_on_ray(
         bar = _progress_bar(len(paths), detectors, progress)
         try:
             listing = ray.data.from_items(
-                [{"path": p} for p in paths],
+                [{"path": escape_cell(p)} for p in paths],
                 override_num_blocks=max(1, math.ceil(len(paths) / batch_size)))
             results = classify_dataset(listing, detectors, face_crop, batch_size=batch_size,
                                        device=device, crop_actors=num_workers, **options)
-            for batch in results.iter_batches(batch_size=None, batch_format="pandas"):
+            for batch in _interruptible(results.iter_batches(batch_size=None,
+                                                             batch_format="pandas")):
                 part = restore_types(batch)
                 parts.append(part)
                 bar.update(len(part) // len(detectors))
@@ -504,6 +520,31 @@ def classify_files_on_ray(
     if interrupted:
         raise ClassificationInterrupted(frame)
     return frame
+
+
+def _interruptible(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``batches``, ending in KeyboardInterrupt after Ctrl+C even when Ray's own code caught the
+    first KeyboardInterrupt (seen: a Ctrl+C while Ray Data waits for a batch can be lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield from batches
+        return
+    pressed = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame) -> None:
+        pressed.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        for batch in batches:
+            if pressed.is_set():
+                raise KeyboardInterrupt
+            yield batch
+        if pressed.is_set():
+            raise KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _in_local_order(parts: list[pd.DataFrame], paths: list[str], models: list[str],

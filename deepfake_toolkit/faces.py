@@ -29,6 +29,10 @@ cover faces up to 512 px, and on larger frames filled by one face it adds spurio
 RETINAFACE_MIN_SCORE = 0.5
 """RetinaFace detections below this probability are never returned, whatever ``min_prob``."""
 
+DETECTOR_WINDOW = 12
+"""Side, in pixels, of MTCNN's smallest search window: an image (after the detection downscale)
+with a shorter side holds no face it could find, and MTCNN fails on it, so it is not run."""
+
 
 @dataclass(frozen=True)
 class FaceCropConfig:
@@ -191,8 +195,9 @@ class FaceCropper:
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
         """Find faces in RGB images.
 
-        With MTCNN, images of equal size (after the detection downscale) are run together;
-        RetinaFace (CPU only) takes one image at a time.
+        With MTCNN, images of equal size (after the detection downscale) are run together, and
+        images with a side shorter than :data:`DETECTOR_WINDOW` (after the downscale) have no
+        face; RetinaFace (CPU only) takes one image at a time.
 
         Returns:
             For each image, the faces that pass ``min_face_size`` and ``min_prob``, ordered by the
@@ -204,7 +209,8 @@ class FaceCropper:
         groups: dict[tuple[int, int], list[tuple[int, float, Image.Image]]] = {}
         for index, image in enumerate(images):
             scaled, scale = self._detection_image(image)
-            groups.setdefault(scaled.size, []).append((index, scale, scaled))
+            if min(scaled.size) >= DETECTOR_WINDOW:
+                groups.setdefault(scaled.size, []).append((index, scale, scaled))
         for members in groups.values():
             batch = [np.asarray(scaled, dtype=np.uint8) for _, _, scaled in members]
             boxes, probs = self.mtcnn.detect(np.stack(batch))

@@ -7,6 +7,7 @@ and cropped once and scored by every model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -22,10 +23,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
-from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
-from .results import label_scheme, results_frame, write_table
+from .results import PendingCsv, label_scheme, results_frame
 
 ModelArg = str | Detector | Sequence[str | Detector]
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -72,17 +73,30 @@ class _FileDataset(Dataset):
             item.error = str(exc)
             return item
         except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
-            item.error = f"unexpected error while reading: {type(exc).__name__}: {exc}"
+            _fail(item, "reading", exc)
             return item
         item.width, item.height = image.size
-        if self.perturb is not None:
-            image = self.perturb(image).convert("RGB")
-        if self.cropper is not None and not self.detect_here:
-            item.image = image
-            return item
-        faces = self.cropper.detect([image])[0] if self.cropper is not None else None
-        prepare_regions(item, image, faces, self.cropper, self.no_face, self.transforms)
+        stage = "perturbing the image"
+        try:
+            if self.perturb is not None:
+                image = self.perturb(image).convert("RGB")
+            if self.cropper is not None and not self.detect_here:
+                item.image = image
+                return item
+            stage = "face detection"
+            faces = self.cropper.detect([image])[0] if self.cropper is not None else None
+            stage = "preparing the image for the model"
+            prepare_regions(item, image, faces, self.cropper, self.no_face, self.transforms)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+            _fail(item, stage, exc)
         return item
+
+
+def _fail(item: _Item, stage: str, error: BaseException) -> None:
+    """Record that ``stage`` failed for ``item``: the file gets an error row, the run goes on."""
+    item.error = f"{stage} failed ({type(error).__name__}: {printable_path(str(error))})"
+    item.image, item.faces, item.region = None, None, ""
+    item.scored_faces, item.tensors = [], []
 
 
 def prepare_regions(item: _Item, image: Image.Image, faces: list[Face] | None,
@@ -176,6 +190,7 @@ def classify_files(
     progress: bool = True,
     stop: threading.Event | None = None,
     on_batch: Callable[[pd.DataFrame], None] | None = None,
+    worker_start: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
 ) -> pd.DataFrame:
@@ -200,8 +215,10 @@ def classify_files(
         perturb: Applied to every decoded image before face detection (e.g. JPEG re-compression
             for robustness tests); must be picklable when workers are used. ``width`` and
             ``height`` stay those of the file.
-        output_csv: Also write the table here, atomically: Parquet when the name ends in
-            .parquet (needs pyarrow), else CSV with formula cells neutralised.
+        output_csv: Also write the table here (atomically, text cells made safe, see
+            :func:`~deepfake_toolkit.results.write_csv`); Parquet when the name ends in .parquet
+            (needs pyarrow). The file is reserved before anything is scored, so a folder that
+            cannot be written fails at once.
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
@@ -209,6 +226,9 @@ def classify_files(
             ``output_csv`` and :class:`ClassificationInterrupted` (a KeyboardInterrupt) carries
             them as its ``frame``.
         on_batch: Called with the rows of each finished batch (for live displays).
+        worker_start: How decoding processes start: "fork", "forkserver" or "spawn" (None: the
+            platform's default). A server uses "forkserver", so that workers do not inherit its
+            open sockets and files.
         engine: "local" (this machine: worker processes and one model) or "ray" (a Ray cluster,
             see :mod:`deepfake_toolkit.distributed`; needs ``pip install
             "deepfake-toolkit[ray]"``). Both give the same rows in the same order.
@@ -218,7 +238,12 @@ def classify_files(
 
     Returns:
         A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
-        "seconds", "images_per_second" and "stopped".
+        "seconds", "images_per_second" and "stopped". A file that fails anywhere on its way
+        (decoding, face detection, cropping, transforming, scoring, or a score that is not a
+        number) gets label "error" and a message in ``error``; the run goes on.
+
+    Raises:
+        OutputNotWritableError: ``output_csv`` cannot be written (raised before scoring).
     """
     if no_face not in NO_FACE_POLICIES:
         raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
@@ -238,67 +263,75 @@ def classify_files(
             max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
             stop=stop, on_batch=on_batch)
     paths = [Path(f).expanduser() for f in files]
-    resolved = resolve_device(device)
-    detectors = _as_detectors(model, weights_dir, resolved)
-    schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
+    pending = PendingCsv(output_csv) if output_csv is not None else None
+    with pending or contextlib.nullcontext():
+        resolved = resolve_device(device)
+        detectors = _as_detectors(model, weights_dir, resolved)
+        schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
 
-    unique, transform_index = shared_transforms(detectors)
-    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
-    # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
-    # onnxruntime CPU network), detection runs per image in the workers.
-    detect_in_workers = cropper is not None and (resolved.type == "cpu"
-                                                 or cropper.config.detector == "retinaface")
-    workers = default_workers(len(paths), batch_size) if num_workers is None else num_workers
-    dataset = _FileDataset(paths, unique, cropper, detect_here=cropper is None or detect_in_workers,
-                           no_face=no_face, max_pixels=max_pixels, perturb=perturb)
-    # Files come back one at a time (the progress bar moves per image) and are scored in
-    # batches; each worker keeps up to a batch of files ready while the models run.
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        collate_fn=_keep_item, worker_init_fn=_worker_init if workers else None,
-                        prefetch_factor=batch_size if workers else None, persistent_workers=False)
+        unique, transform_index = shared_transforms(detectors)
+        cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+        # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
+        # onnxruntime CPU network), detection runs per image in the workers.
+        detect_in_workers = cropper is not None and (resolved.type == "cpu"
+                                                     or cropper.config.detector == "retinaface")
+        workers = (default_workers(len(paths), batch_size) if num_workers is None
+                   else num_workers)
+        dataset = _FileDataset(paths, unique, cropper,
+                               detect_here=cropper is None or detect_in_workers,
+                               no_face=no_face, max_pixels=max_pixels, perturb=perturb)
+        # Files come back one at a time (the progress bar moves per image) and are scored in
+        # batches; each worker keeps up to a batch of files ready while the models run.
+        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                            collate_fn=_keep_item,
+                            worker_init_fn=_worker_init if workers else None,
+                            multiprocessing_context=worker_start if workers else None,
+                            prefetch_factor=batch_size if workers else None,
+                            persistent_workers=False)
 
-    rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    stopped = interrupted = False
-    bar = _progress_bar(len(paths), detectors, progress)
+        rows: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        stopped = interrupted = False
+        bar = _progress_bar(len(paths), detectors, progress)
 
-    def score(batch: list[_Item]) -> None:
-        if cropper is not None and not detect_in_workers:
-            _detect_in_main(batch, cropper, no_face, unique)
-        batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
-                                  no_face, batch_size)
-        rows.extend(batch_rows)
-        if on_batch is not None:
-            on_batch(results_frame(batch_rows))
+        def score(batch: list[_Item]) -> None:
+            if cropper is not None and not detect_in_workers:
+                _detect_in_main(batch, cropper, no_face, unique)
+            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
+                                      no_face, batch_size)
+            rows.extend(batch_rows)
+            if on_batch is not None:
+                on_batch(results_frame(batch_rows))
 
-    pending: list[_Item] = []
-    try:
-        for item in loader:
-            pending.append(item)
-            bar.update(1)
-            if len(pending) == batch_size:
-                score(pending)
-                pending = []
-                if stop is not None and stop.is_set():
-                    stopped = True
-                    break
-        else:
-            if pending:
-                score(pending)
-    except KeyboardInterrupt:
-        # Ctrl+C: keep (and write) every row scored so far, then let the caller see the interrupt.
-        stopped = interrupted = True
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
-    frame = results_frame(rows)
-    n_done = len(rows) // len(detectors)
-    frame.attrs.update(seconds=seconds, stopped=stopped,
-                       images_per_second=n_done / seconds if seconds > 0 else math.nan)
-    if output_csv is not None:
-        write_table(frame, output_csv)
-    if interrupted:
-        raise ClassificationInterrupted(frame)
+        waiting: list[_Item] = []
+        try:
+            for item in loader:
+                waiting.append(item)
+                bar.update(1)
+                if len(waiting) == batch_size:
+                    score(waiting)
+                    waiting = []
+                    if stop is not None and stop.is_set():
+                        stopped = True
+                        break
+            else:
+                if waiting:
+                    score(waiting)
+        except KeyboardInterrupt:
+            # Ctrl+C: keep (and write) every row scored so far, then let the caller see the
+            # interrupt.
+            stopped = interrupted = True
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - started
+        frame = results_frame(rows)
+        n_done = len(rows) // len(detectors)
+        frame.attrs.update(seconds=seconds, stopped=stopped,
+                           images_per_second=n_done / seconds if seconds > 0 else math.nan)
+        if pending is not None:
+            pending.write(frame)
+        if interrupted:
+            raise ClassificationInterrupted(frame)
     return frame
 
 
@@ -319,8 +352,7 @@ def classify_directory(
         face_crop: Score face crops (True) or whole images (False).
         recursive: Include sub-folders.
         **options: Everything :func:`classify_files` takes (threshold, no_face, batch_size,
-            device, output_csv, engine, ray_address, ...).
-
+            device, output_csv, ...).
 
     Returns:
         The result table (see :data:`deepfake_toolkit.results.COLUMNS`).
@@ -347,9 +379,19 @@ def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
 def _detect_in_main(batch: list[_Item], cropper: FaceCropper, no_face: NoFacePolicy,
                     transforms: list[ImageTransform]) -> None:
     decoded = [item for item in batch if item.image is not None]
-    detections = cropper.detect([item.image for item in decoded]) if decoded else []
-    for item, faces in zip(decoded, detections):
-        prepare_regions(item, item.image, faces, cropper, no_face, transforms)
+    try:
+        detections: list[list[Face]] | None = cropper.detect([item.image for item in decoded])
+    except Exception:  # noqa: BLE001 - retried one image at a time, to find the one that fails
+        detections = None
+    for position, item in enumerate(decoded):
+        stage = "face detection"
+        try:
+            faces = detections[position] if detections is not None \
+                else cropper.detect([item.image])[0]
+            stage = "preparing the image for the model"
+            prepare_regions(item, item.image, faces, cropper, no_face, transforms)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+            _fail(item, stage, exc)
 
 
 def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index: list[int],
@@ -357,32 +399,63 @@ def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index:
                  batch_size: int) -> list[dict[str, Any]]:
     rows = []
     for detector, t_index, scheme in zip(detectors, transform_index, schemes):
-        # Each item holds one transformed region per scored face (none for errors and skips).
-        stacks = [item.tensors[t_index] for item in batch if item.scored_faces]
-        scores = np.zeros(0)
-        if stacks:
-            everything = torch.cat(stacks)
-            scores = np.concatenate([detector.predict(everything[i:i + batch_size])
-                                     for i in range(0, len(everything), batch_size)])
-        offset = 0
-        for item in batch:
-            count = len(item.scored_faces)
-            item_scores = scores[offset:offset + count]
-            offset += count
-            rows.append(_row(item, detector.name, item_scores, scheme, face_crop, no_face))
+        scores, errors = _predict(batch, detector, t_index, batch_size)
+        for position, item in enumerate(batch):
+            rows.append(_row(item, detector.name, scores.get(position, np.zeros(0)),
+                             item.error or errors.get(position, ""), scheme, face_crop, no_face))
     return rows
 
 
-def _row(item: _Item, model_name: str, scores: np.ndarray, scheme, face_crop: bool,
+def _predict(batch: list[_Item], detector: Detector, t_index: int,
+             batch_size: int) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Scores of every scored region in ``batch`` by item position, and per-item scoring errors.
+
+    The batch is scored together; if that fails, one item at a time, so that only the item that
+    fails gets an error. An item with a score that is not a finite number gets an error too.
+    """
+    # Each item holds one transformed region per scored face (none for errors and skips).
+    scored = [i for i, item in enumerate(batch) if item.scored_faces]
+    scores: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    if not scored:
+        return scores, errors
+    try:
+        flat = _predict_stack(detector, torch.cat([batch[i].tensors[t_index] for i in scored]),
+                              batch_size)
+        offset = 0
+        for i in scored:
+            count = len(batch[i].scored_faces)
+            scores[i] = flat[offset:offset + count]
+            offset += count
+    except Exception:  # noqa: BLE001 - retried one item at a time, to find the one that fails
+        for i in scored:
+            try:
+                scores[i] = _predict_stack(detector, batch[i].tensors[t_index], batch_size)
+            except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
+                errors[i] = (f"scoring with {detector.name} failed ({type(exc).__name__}: "
+                             f"{printable_path(str(exc))})")
+    for i, values in scores.items():
+        if len(values) != len(batch[i].scored_faces) or not np.isfinite(values).all():
+            errors[i] = (f"model {detector.name} gave no valid score (got {values.tolist()}): "
+                         "its weights may be damaged")
+    return scores, errors
+
+
+def _predict_stack(detector: Detector, stack: torch.Tensor, batch_size: int) -> np.ndarray:
+    return np.concatenate([detector.predict(stack[i:i + batch_size])
+                           for i in range(0, len(stack), batch_size)])
+
+
+def _row(item: _Item, model_name: str, scores: np.ndarray, error: str, scheme, face_crop: bool,
          no_face: NoFacePolicy) -> dict[str, Any]:
     faces = item.faces or []
     best_face: Face | None = None
     score = math.nan
-    if len(scores):
+    if len(scores) and not error:
         best = int(np.argmax(scores))
         score = float(scores[best])
         best_face = item.scored_faces[best]
-    if item.error:
+    if error:
         label = "error"
     elif not len(scores):
         label = "no face"
@@ -393,7 +466,7 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, scheme, face_crop: bo
         "model": model_name,
         "fake_score": score,
         "label": label,
-        "region": item.region if not item.error else "",
+        "region": item.region if not error else "",
         "face_crop": face_crop,
         "no_face_policy": no_face if face_crop else "",
         "face_found": bool(faces),
@@ -402,5 +475,5 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, scheme, face_crop: bo
         "face_prob": best_face.prob if best_face else math.nan,
         "width": item.width,
         "height": item.height,
-        "error": item.error,
+        "error": error,
     }

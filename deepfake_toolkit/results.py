@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from .images import printable_path
 from .models.registry import make_readable
 
 COLUMNS: tuple[str, ...] = (
@@ -50,16 +52,25 @@ COLUMNS: tuple[str, ...] = (
 - ``face_box``: (x1, y1, x2, y2) in original-image pixels of the scored face, or None.
 - ``face_prob``: detector probability of that face, or empty.
 - ``width``, ``height``: image size after EXIF orientation.
-- ``error``: why the file could not be read, or "".
+- ``error``: why the file could not be read or scored, or "".
 """
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-"""Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote."""
+"""Cell starts that spreadsheet programs read as a formula; such text cells get a leading quote
+(so does a cell that starts with a quote, so that reading it back is exact)."""
+
+ESCAPE_MARK = "%"
+"""First character of a CSV text cell written in escaped form (see :func:`escape_cell`)."""
+
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff%]")
+_ESCAPE = re.compile("%(u[0-9A-F]{4}|[0-9A-F]{2})")
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 """File name endings written and read as Parquet; every other ending means CSV."""
 
-_TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error")
+TEXT_COLUMNS: tuple[str, ...] = ("path", "model", "label", "region", "no_face_policy", "error")
+"""The schema's text columns."""
+_TEXT_COLUMNS = TEXT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,13 @@ class Bands:
     """The original system's five labels, on fake_score.
 
     fake_score > 0.8 "likely fake", > 0.6 "weakly fake", > 0.4 "uncertain", > 0.2 "weakly real",
-    else "likely real" (the original's bands on P(real) < 0.2, < 0.4, ... mirrored).
+    else "likely real" (the original's bands on P(real) < 0.2, < 0.4, ... mirrored); a score that
+    is not a number (NaN) is an "error".
     """
 
     def __call__(self, fake_score: float) -> str:
+        if not math.isfinite(fake_score):
+            return "error"
         if fake_score > 0.8:
             return "likely fake"
         if fake_score > 0.6:
@@ -87,7 +101,7 @@ class Bands:
 
 @dataclass(frozen=True)
 class Threshold:
-    """Two labels: "fake" when fake_score >= ``value``, else "real"."""
+    """Two labels: "fake" when fake_score >= ``value``, else "real"; "error" for NaN."""
 
     value: float
 
@@ -96,6 +110,8 @@ class Threshold:
             raise ValueError(f"threshold must lie in [0, 1], got {self.value}")
 
     def __call__(self, fake_score: float) -> str:
+        if not math.isfinite(fake_score):
+            return "error"
         return "fake" if fake_score >= self.value else "real"
 
     def describe(self) -> str:
@@ -130,8 +146,14 @@ def empty_results() -> pd.DataFrame:
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Build a result table from row dicts, with the schema's columns and dtypes."""
-    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    """Build a result table from row dicts, with the schema's columns and dtypes.
+
+    Text columns hold Python strings (dtype object), so that a path with bytes that are not
+    UTF-8 (held by Python as surrogate escapes) stays the exact path of its file.
+    """
+    rows = list(rows)
+    frame = pd.DataFrame({column: pd.Series([row.get(column) for row in rows], dtype=object)
+                          for column in COLUMNS})
     if frame.empty:
         return empty_results()
     frame["fake_score"] = pd.to_numeric(frame["fake_score"], errors="coerce").astype("float64")
@@ -141,22 +163,71 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for column in ("face_crop", "face_found"):
         frame[column] = frame[column].astype(bool)
     for column in _TEXT_COLUMNS:
-        frame[column] = frame[column].fillna("").astype(str)
+        frame[column] = text_series(["" if v is None or v is pd.NA or (isinstance(v, float)
+                                                                     and math.isnan(v))
+                                     else str(v) for v in frame[column]], frame.index)
     return frame
+
+
+def text_series(values: Iterable[Any], index: pd.Index) -> pd.Series:
+    """A column of Python strings (dtype object). pandas would otherwise store strings as Arrow
+    text, which cannot hold file names with bytes that are not UTF-8."""
+    return pd.Series(list(values), index=index, dtype=object)
 
 
 def _is_text(column: pd.Series) -> bool:
     return column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
 
 
+def escape_cell(text: str) -> str:
+    r"""``text`` in a form that is safe in a CSV cell whatever it holds, and reversible.
+
+    Text without control characters (line breaks, tabs, ...), undecodable bytes of file names
+    (held by Python as surrogate escapes) or "%" is kept as it is. Otherwise the cell becomes
+    "%" followed by the text with each of those characters written as %XX (the byte or control
+    code in hex; "%" itself as %25), or %uXXXX for other surrogates and Unicode line separators.
+    :func:`unescape_cell` gives back the exact text, so a path reads back as the same path.
+
+    Example:
+        >>> escape_cell("/photos/caf\udce9.jpg")
+        '%/photos/caf%E9.jpg'
+    """
+    if not _UNSAFE_CHARACTER.search(text):
+        return text
+    return ESCAPE_MARK + _UNSAFE_CHARACTER.sub(_escape_character, text)
+
+
+def _escape_character(match: re.Match) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"%{code - 0xDC00:02X}"
+    return f"%{code:02X}" if code < 0x80 else f"%u{code:04X}"
+
+
+def unescape_cell(text: str) -> str:
+    """The text :func:`escape_cell` was given."""
+    if not text.startswith(ESCAPE_MARK):
+        return text
+    return _ESCAPE.sub(_unescape_character, text[len(ESCAPE_MARK):])
+
+
+def _unescape_character(match: re.Match) -> str:
+    code = match.group(1)
+    if code.startswith("u"):
+        return chr(int(code[1:], 16))
+    value = int(code, 16)
+    return chr(0xDC00 + value) if value >= 0x80 else chr(value)
+
+
 def _neutralise(text: str) -> str:
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    text = escape_cell(text)
+    return "'" + text if text.startswith((*FORMULA_PREFIXES, "'")) else text
 
 
 def _restore(text: str) -> str:
-    if text.startswith("'") and text[1:].startswith(FORMULA_PREFIXES):
+    if text.startswith("'"):
         return text[1:]
-    return text
+    return unescape_cell(text)
 
 
 def _box_to_text(box: Any) -> str:
@@ -183,36 +254,105 @@ def _box_from_text(text: Any) -> tuple[float, ...] | None:
     return tuple(float(v) for v in json.loads(text))
 
 
+class OutputNotWritableError(OSError):
+    """The folder a CSV is to be written into cannot be written; the message says which."""
+
+
+class PendingCsv:
+    """A CSV file reserved before the work that fills it: the temporary file is created at once
+    (so a folder that cannot be written is found before any image is scored), then
+    :meth:`write` fills it and renames it into place, or :meth:`discard` removes it. As a context
+    manager it discards the temporary file on leaving unless :meth:`write` renamed it.
+
+    Args:
+        path: Where the CSV goes.
+
+    Raises:
+        OutputNotWritableError: The folder cannot be created or written.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                                 dir=self.path.parent)
+        except OSError as exc:
+            raise OutputNotWritableError(
+                f"cannot write the CSV into {printable_path(self.path.parent)} "
+                f"({exc.strerror or exc}): choose a folder you can write to") from None
+        os.close(handle)
+        self.temporary = Path(temporary)
+
+    def __enter__(self) -> PendingCsv:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+    def write(self, frame: pd.DataFrame) -> Path:
+        """Write ``frame`` (formula cells neutralised, see :func:`write_csv`; Parquet when the
+        path ends in .parquet, see :func:`write_parquet`) and rename the file into place."""
+        if is_parquet_path(self.path):
+            import pyarrow.parquet as pq
+
+            return self._finish(lambda: pq.write_table(parquet_table(frame), self.temporary))
+        out = frame.copy()
+        for column in out.columns:
+            if column == "face_box":
+                out[column] = out[column].map(_box_to_text)
+            elif _is_text(out[column]):
+                out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
+                                           for v in out[column]), out.index)
+        out.columns = [_neutralise(str(c)) for c in out.columns]
+
+        def write_csv_file() -> None:
+            with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
+                out.to_csv(stream, index=False)
+
+        return self._finish(write_csv_file)
+
+    def _finish(self, write: Callable[[], None]) -> Path:
+        try:
+            write()
+            make_readable(self.temporary)
+            os.replace(self.temporary, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing is written to ``path``)."""
+        self.temporary.unlink(missing_ok=True)
+
+
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Write a result table to CSV atomically, with formula-like text cells neutralised.
+    """Write a result table to CSV atomically, with every text cell made safe.
 
     The file is written to a temporary name in the target folder and renamed into place, so a
-    reader never sees half a file. Text cells that a spreadsheet would run as a formula (starting
-    with =, +, -, @, tab or carriage return) get a leading apostrophe; :func:`read_csv` removes it.
+    reader never sees half a file. Text cells that hold control characters (such as a line break
+    in a file name), bytes that are not UTF-8 or "%" are written escaped (see
+    :func:`escape_cell`); cells that a spreadsheet would run as a formula (starting with =, +,
+    -, @) or that start with an apostrophe get a leading apostrophe. :func:`read_csv` undoes both,
+    so every cell reads back exactly as it was.
 
     Returns:
         The path written.
+
+    Raises:
+        OutputNotWritableError: The folder cannot be created or written.
     """
-    out = frame.copy()
-    for column in out.columns:
-        if column == "face_box":
-            out[column] = out[column].map(_box_to_text)
-        elif _is_text(out[column]):
-            out[column] = out[column].map(lambda v: _neutralise(v) if isinstance(v, str) else v)
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w", newline="", encoding="utf-8") as stream:
-            out.to_csv(stream, index=False)
-
-    return _write_atomically(path, write)
+    return PendingCsv(path).write(frame)
 
 
 def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a result table to Parquet atomically (needs pyarrow).
 
     Columns keep their types (``face_box`` becomes a list of floats, missing integers stay
-    missing); :func:`read_parquet` gives back the table :func:`read_csv` gives for the same rows.
-    Text is stored as it is: Parquet is not opened by spreadsheets as formulas.
+    missing); text that Arrow cannot hold as it is (bytes of a file name that are not UTF-8,
+    control characters, "%") is stored in :func:`escape_cell` form. :func:`read_parquet` gives
+    back the table :func:`read_csv` gives for the same rows.
 
     Returns:
         The path written.
@@ -220,26 +360,32 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     Raises:
         ImportError: pyarrow is not installed (the message says how to install it).
     """
+    return PendingCsv(path).write(frame)
+
+
+def parquet_table(frame: pd.DataFrame):
+    """A result table as a ``pyarrow.Table`` with the schema's types (see :func:`arrow_schema`)
+    and text in :func:`escape_cell` form where needed."""
     _require_pyarrow()
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = frame.copy()
-    if "face_box" in out:
-        out["face_box"] = out["face_box"].map(_box_to_list).astype(object)
+    for column in out.columns:
+        if column == "face_box":
+            out[column] = out[column].map(_box_to_list).astype(object)
+        elif _is_text(out[column]):
+            out[column] = text_series((escape_cell(v) if isinstance(v, str) else v
+                                       for v in out[column]), out.index)
     table = pa.Table.from_pandas(out, preserve_index=False)
     # The schema's own types, also for columns that happen to be all empty in this table.
     known = arrow_schema()
-    table = table.cast(pa.schema([known.field(f.name) if f.name in known.names else f
-                                  for f in table.schema]))
-    return _write_atomically(path, lambda temporary: pq.write_table(table, temporary))
+    return table.cast(pa.schema([known.field(f.name) if f.name in known.names else f
+                                 for f in table.schema]))
 
 
 def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write a result table as Parquet when ``path`` ends in .parquet or .pq, else as CSV."""
-    if is_parquet_path(path):
-        return write_parquet(frame, path)
-    return write_csv(frame, path)
+    return PendingCsv(path).write(frame)
 
 
 def is_parquet_path(path: str | os.PathLike[str]) -> bool:
@@ -255,22 +401,6 @@ def _require_pyarrow() -> None:
                           "pip install \"deepfake-toolkit[ray]\"), or write a .csv") from None
 
 
-def _write_atomically(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Run ``write(temporary)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        make_readable(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
     """Read a result CSV written by :func:`write_csv` back into a result table.
 
@@ -279,13 +409,15 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
         text_columns: Columns beyond the schema's to read as text (so that "007" or "" stay as
             written instead of becoming numbers or missing values).
     """
-    text = {c: str for c in (*_TEXT_COLUMNS, *text_columns)}
-    frame = pd.read_csv(path, dtype=text, keep_default_na=False,
+    text = {c: object for c in (*_TEXT_COLUMNS, *text_columns)}
+    frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
                         na_values={"fake_score": [""], "face_prob": [""], "n_faces": [""],
                                    "width": [""], "height": [""]})
+    frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
-            frame[column] = frame[column].map(lambda v: _restore(v) if isinstance(v, str) else v)
+            frame[column] = text_series((_restore(v) if isinstance(v, str) else v
+                                         for v in frame[column]), frame.index)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
     for column in ("face_crop", "face_found"):
@@ -312,7 +444,9 @@ def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for column in _TEXT_COLUMNS:
         if column in frame:
-            frame[column] = frame[column].fillna("").astype(str)
+            frame[column] = text_series(
+                ("" if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))
+                 else unescape_cell(str(v)) for v in frame[column]), frame.index)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_arrow).astype(object)
     for column in ("face_crop", "face_found"):

@@ -18,8 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import select
+import socket
 import threading
 import uuid
 from datetime import datetime
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import TypedDict
 
 import torch
+from flask import Response, request
 from flask_ml.flask_ml_server import MLServer
 from flask_ml.flask_ml_server.errors import BadRequestError
 from flask_ml.flask_ml_server.models import (
@@ -43,7 +47,13 @@ from flask_ml.flask_ml_server.models import (
     TextParameterDescriptor,
 )
 
-from .images import IMAGE_EXTENSIONS, find_images
+from .images import (
+    IMAGE_EXTENSIONS,
+    TooManyFilesError,
+    VirtualFolderError,
+    find_images,
+    printable_path,
+)
 from .models import (
     Detector,
     UnknownModelError,
@@ -59,7 +69,7 @@ from .models import (
 )
 from .models.weights import find_weight_file
 from .pipeline import classify_files
-from .results import summary
+from .results import OutputNotWritableError, summary
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +80,15 @@ ALL_MODELS = "all"
 
 OUTPUT_PREFIX = "deepfake_scores"
 """Start of every CSV name the server writes (then a timestamp and a random suffix)."""
+
+DEFAULT_MAX_FILES = 20_000
+"""Most image files one request may score; a larger folder is refused with a 400."""
+
+MAX_REQUEST_BYTES = 64 * 1024
+"""Largest request body the server reads (a real request is a few hundred bytes)."""
+
+MAX_PATH_CHARACTERS = 4096
+"""Longest folder path a request may give (PATH_MAX on Linux)."""
 
 _TRUE_WORDS = ("true", "yes", "1")
 _FALSE_WORDS = ("false", "no", "0")
@@ -196,13 +215,18 @@ class DetectorService:
         device: "auto" (CUDA when available), "cpu" or "cuda".
         batch_size: Images per inference batch.
         num_workers: Decoding processes per run; None picks one from the job size.
+        max_files: Most image files one request may score; a request for a larger folder is
+            refused before anything is scored.
     """
 
     def __init__(self, weights_dir: str | os.PathLike[str] | None = None,
                  device: str | torch.device = "auto", batch_size: int = 32,
-                 num_workers: int | None = None) -> None:
+                 num_workers: int | None = None, max_files: int = DEFAULT_MAX_FILES) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_files < 1:
+            raise ValueError("max_files must be at least 1")
+        self.max_files = max_files
         self.weights_dir = weights_dir
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -232,7 +256,8 @@ class DetectorService:
         """Whether model ``name`` is already loaded on this service's device."""
         return (name, str(self.device)) in self._detectors
 
-    def predict(self, inputs: Inputs, parameters: Parameters) -> ResponseBody:
+    def predict(self, inputs: Inputs, parameters: Parameters,
+                stop: threading.Event | None = None) -> ResponseBody:
         """Score every image in ``input_dataset`` and write the CSV into ``output_file``.
 
         Args:
@@ -240,6 +265,8 @@ class DetectorService:
                 (existing folder the CSV is written into).
             parameters: ``models`` (a registered name or "all"), ``facecrop`` ("true"/"false")
                 and ``threshold`` ("" for the score bands, else a number in [0, 1]).
+            stop: Set this event to cancel the run (the server sets it when the client
+                disconnects): it stops after the current batch and writes no CSV.
 
         Returns:
             A CSV file response; its subtitle counts the results and names skipped models.
@@ -253,28 +280,47 @@ class DetectorService:
         output_folder = _existing_folder(inputs["output_file"].path, "output_file",
                                          "folder for the results CSV")
         if not os.access(output_folder, os.W_OK | os.X_OK):
-            raise BadRequestError(f"The output folder {output_folder} is not writable by the "
-                                  "server: choose a folder you can write to.")
+            raise BadRequestError(f"The output folder {printable_path(output_folder)} is not "
+                                  "writable by the server: choose a folder you can write to.")
         face_crop = _parse_facecrop(parameters["facecrop"])
         threshold = _parse_threshold(parameters["threshold"])
         names, skipped = self._choose_models(parameters["models"])
-        files = find_images(input_folder, recursive=True)
+        try:
+            files = find_images(input_folder, recursive=True, max_files=self.max_files)
+        except TooManyFilesError as exc:
+            raise BadRequestError(f"{exc} This server scores at most {self.max_files:,} images "
+                                  "per request (its --max-files setting).") from None
+        except VirtualFolderError as exc:
+            raise BadRequestError(str(exc)) from None
         if not files:
             extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise BadRequestError(
-                f"No image files found in {input_folder} or its sub-folders (looked for "
+                f"No image files found in {printable_path(input_folder)} or its "
+                f"sub-folders (looked for "
                 f"{extensions}; hidden files are ignored). Choose the folder that holds the "
                 "images.")
         detectors = [self._load_for_request(name) for name in names]
 
         output_csv = output_folder / unique_output_name()
+        stop = stop or threading.Event()
         with self._run_lock:
+            if stop.is_set():
+                raise RunCancelledError("The request was cancelled before its run started.")
             logger.info("scoring %d files in %s with %s (face crop %s)", len(files),
-                        input_folder, ", ".join(names), face_crop)
-            frame = classify_files(files, model=detectors, face_crop=face_crop,
-                                   threshold=threshold, batch_size=self.batch_size,
-                                   device=self.device, num_workers=self.num_workers,
-                                   output_csv=output_csv, progress=False)
+                        printable_path(input_folder), ", ".join(names), face_crop)
+            try:
+                # Workers start from a fresh process, so they do not inherit the listening socket.
+                frame = classify_files(files, model=detectors, face_crop=face_crop,
+                                       threshold=threshold, batch_size=self.batch_size,
+                                       device=self.device, num_workers=self.num_workers,
+                                       output_csv=output_csv, progress=False, stop=stop,
+                                       worker_start="forkserver" if os.name == "posix" else None)
+            except OutputNotWritableError as exc:
+                raise BadRequestError(f"{exc}.") from None
+        if frame.attrs.get("stopped"):
+            output_csv.unlink(missing_ok=True)
+            raise RunCancelledError(f"The run was cancelled after {len(frame)} of {len(files)} "
+                                    "images; no CSV was written.")
         counts = summary(frame)
         subtitle = (f"{len(files)} images; models: {', '.join(names)}; {counts['scored']} "
                     f"scores, {counts['fakes']} labelled fake, {counts['errors']} unreadable.")
@@ -338,6 +384,67 @@ class DetectorService:
             raise BadRequestError(str(exc)) from None
 
 
+class RunCancelledError(BadRequestError):
+    """A run was cancelled (its client disconnected); nothing was written."""
+
+
+class DisconnectWatch:
+    """Sets ``stop`` when the client at the other end of ``connection`` goes away.
+
+    A thread peeks at the connection every ``interval`` seconds: an orderly close or a reset
+    means the client will never read the answer, so its run is cancelled.
+
+    Args:
+        connection: The request's socket (the development server gives it as
+            ``environ["werkzeug.socket"]``); None watches nothing.
+        stop: The event to set.
+        interval: Seconds between looks.
+    """
+
+    def __init__(self, connection: socket.socket | None, stop: threading.Event,
+                 interval: float = 0.5) -> None:
+        self.connection = connection
+        self.stop = stop
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="deepfake-toolkit-disconnect-watch")
+
+    def __enter__(self) -> DisconnectWatch:
+        # MSG_DONTWAIT is POSIX; elsewhere runs cannot be cancelled this way.
+        if self.connection is not None and hasattr(socket, "MSG_DONTWAIT"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval):
+            if _peer_closed(self.connection):
+                logger.info("client disconnected: cancelling its run")
+                self.stop.set()
+                return
+
+
+def _peer_closed(connection: socket.socket) -> bool:
+    """Whether the other end closed or reset ``connection``, without reading from it."""
+    hang_up = getattr(select, "POLLRDHUP", 0)
+    if hang_up and hasattr(select, "poll"):
+        # Linux reports the peer's close even while bytes it sent are still unread.
+        poller = select.poll()
+        poller.register(connection, hang_up | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 def unique_output_name(now: datetime | None = None) -> str:
     """A CSV file name no other request gets: prefix, local time, and 12 random hex digits."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
@@ -347,16 +454,25 @@ def unique_output_name(now: datetime | None = None) -> str:
 def _existing_folder(raw_path: str, key: str, what: str) -> Path:
     if not raw_path.strip():
         raise BadRequestError(f"No {what} given ({key} is empty): choose a folder.")
+    if len(raw_path) > MAX_PATH_CHARACTERS or "\x00" in raw_path:
+        raise BadRequestError(f"The {what} ({key}) is not a usable path: it is longer than "
+                              f"{MAX_PATH_CHARACTERS} characters or holds a NUL character.")
     folder = Path(raw_path).expanduser()
+    shown = printable_path(folder)
     if not folder.is_absolute():
         raise BadRequestError(
-            f"The {what} '{raw_path}' ({key}) is not a full path: give it from the top, e.g. "
+            f"The {what} '{shown}' ({key}) is not a full path: give it from the top, e.g. "
             "/home/me/case/images or C:\\case\\images.")
-    if not folder.exists():
-        raise BadRequestError(f"The {what} {folder} ({key}) does not exist: check the path or "
+    try:
+        exists, is_dir = folder.exists(), folder.is_dir()
+    except OSError as exc:
+        raise BadRequestError(f"The {what} {shown} ({key}) cannot be checked "
+                              f"({exc.strerror or exc}): check the path.") from None
+    if not exists:
+        raise BadRequestError(f"The {what} {shown} ({key}) does not exist: check the path or "
                               "create the folder first.")
-    if not folder.is_dir():
-        raise BadRequestError(f"The {what} {folder} ({key}) is a file, not a folder: choose "
+    if not is_dir:
+        raise BadRequestError(f"The {what} {shown} ({key}) is a file, not a folder: choose "
                               "the folder instead.")
     return folder
 
@@ -402,8 +518,80 @@ def create_server(service: DetectorService | None = None) -> MLServer:
 
     service = service or DetectorService()
     server = MLServer(__name__)
+    server.app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    server.app.before_request(_check_task_request)
+    server.app.after_request(_hide_internal_errors)
     server.add_app_metadata(name=APP_NAME, author="deepfake_toolkit contributors",
                             version=__version__, info=app_info_markdown(service.weights_dir))
+
+    def predict(inputs: Inputs, parameters: Parameters) -> ResponseBody:
+        stop = threading.Event()
+        with DisconnectWatch(request.environ.get("werkzeug.socket"), stop):
+            return service.predict(inputs, parameters, stop=stop)
+
     server.route(TASK_RULE, task_schema_func=create_task_schema,
-                 short_title="Deepfake detection", order=0)(service.predict)
+                 short_title="Deepfake detection", order=0)(predict)
     return server
+
+
+def _client_error(message: str) -> Response:
+    """A 400 answer in Flask-ML's error form."""
+    return Response(json.dumps({"error": message, "status": "VALIDATION_ERROR"}), status=400,
+                    mimetype="application/json")
+
+
+def _check_task_request() -> Response | None:
+    """Answer a malformed ``POST /predict`` with a 400 saying what is wrong, before Flask-ML's
+    handler (which would answer it with a 500) sees it; None lets a well-formed request on."""
+    if request.method != "POST" or request.path != TASK_RULE:
+        return None
+    if not request.is_json:
+        return _client_error("The request body must be JSON (Content-Type: application/json) "
+                             'of the form {"inputs": {...}, "parameters": {...}}.')
+    if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        return _client_error(f"The request body is larger than {MAX_REQUEST_BYTES:,} bytes; a "
+                             "task request is a few hundred.")
+    try:
+        body = request.get_json()
+    except RecursionError:
+        return _client_error("The request body is nested too deeply to be a task request.")
+    except Exception as exc:  # noqa: BLE001 - werkzeug's BadRequest, a too-large body, ...
+        too_large = getattr(exc, "code", None) == 413
+        return _client_error(f"The request body is larger than {MAX_REQUEST_BYTES:,} bytes."
+                             if too_large else "The request body is not valid JSON.")
+    problem = _request_problem(body)
+    return _client_error(problem) if problem else None
+
+
+def _request_problem(body: object) -> str | None:
+    """What is wrong with the shape of a task request, or None."""
+    example = ('{"inputs": {"input_dataset": {"path": "..."}, "output_file": {"path": "..."}}, '
+               '"parameters": {"models": "...", "facecrop": "...", "threshold": "..."}}')
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict) \
+            or not isinstance(body.get("parameters"), dict):
+        return f"The request must be a JSON object of the form {example}."
+    for key in Inputs.__annotations__:
+        value = body["inputs"].get(key)
+        if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+            return f'inputs.{key} must be an object with a "path" string, as in {example}.'
+        if len(value["path"]) > MAX_PATH_CHARACTERS:
+            return f"inputs.{key}.path is longer than {MAX_PATH_CHARACTERS} characters."
+    for key, value in body["parameters"].items():
+        if not isinstance(value, (str, bool, int, float)) or (
+                isinstance(value, str) and len(value) > MAX_PATH_CHARACTERS):
+            return f"parameters.{str(key)[:40]!r} must be a short string."
+    return None
+
+
+def _hide_internal_errors(response: Response) -> Response:
+    """Answer every 500 with a generic message: the details (a traceback, paths of the
+    installation) go to the server log, never to the client."""
+    if response.status_code < 500:
+        return response
+    reference = uuid.uuid4().hex[:12]
+    logger.error("answered %s with HTTP %d (reference %s); the cause is logged above",
+                 request.path, response.status_code, reference)
+    return Response(json.dumps({
+        "error": "The server failed while running the task. This is not a problem with your "
+                 f"request; the server's log has the details (reference {reference}).",
+        "status": "SERVER_ERROR"}), status=response.status_code, mimetype="application/json")

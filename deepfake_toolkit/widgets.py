@@ -28,10 +28,10 @@ from PIL import Image, ImageDraw
 
 from .explore_plots import LABEL_COLOURS, score_histogram, with_known_labels
 from .faces import NO_FACE_POLICIES, FaceCropConfig, crop_window
-from .images import ImageReadError, find_images, load_image
+from .images import ImageReadError, find_images, load_image, printable_path
 from .models import list_models, weights_available
 from .pipeline import classify_files
-from .results import Threshold, results_frame, write_csv
+from .results import Threshold, results_frame, text_series, write_csv
 
 THUMBNAIL_SIDE = 200
 """Longest side, in pixels, of a gallery image."""
@@ -394,7 +394,8 @@ class Explorer(widgets.VBox):
         low, high = self.score_range.value
         if (low, high) != (0.0, 1.0):
             table = table[table["fake_score"].between(low, high)]
-        table = table.assign(file=[Path(p).name for p in table["path"]])
+        table = table.assign(file=text_series((printable_path(Path(p).name)
+                                               for p in table["path"]), table.index))
         return table.sort_values(self.sort_select.value, ascending=not self.descending_box.value,
                                  na_position="last", kind="stable")
 
@@ -438,7 +439,7 @@ class Explorer(widgets.VBox):
                 crop.thumbnail((FACE_SIDE, FACE_SIDE))
                 parts.append(widgets.Image(value=_png(crop), format="png"))
         known = rows["known_label"].iloc[0] if len(rows) else ""
-        lines = [f"<b>{html.escape(Path(path).name)}</b>"]
+        lines = [f"<b>{html.escape(printable_path(Path(path).name))}</b>"]
         if known:
             lines.append(f"known: <span style='color:{LABEL_COLOURS[known]}'>{known}</span>")
         for _, row in rows.iterrows():

@@ -22,7 +22,8 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit import classify_directory, classify_files, load_model
-from deepfake_toolkit.distributed import RayEngineError, _end_half_started_ray, plan_actors
+from deepfake_toolkit.distributed import RayEngineError, _end_half_started_ray, _reinstall, \
+    plan_actors
 from deepfake_toolkit.results import read_table, restore_types
 
 RAY_PROCESSES = ("raylet", "gcs_server")
@@ -59,13 +60,16 @@ def short_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="dft-ray-", dir="/tmp")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """A local 2-CPU Ray for the session; afterwards, none of its processes may remain."""
+    """A local 2-CPU Ray for this module's tests; afterwards, none of its processes may remain.
+    (Not kept for the whole session: with Ray initialised in the process, a Ctrl+C in later
+    tests can be lost.)"""
     ray = pytest.importorskip(
         "ray", reason='Ray is not installed: pip install "deepfake-toolkit[ray]"')
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     temp_dir = short_temp_dir()
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     try:
         for attempt in range(3):
             try:
@@ -79,10 +83,12 @@ def ray_cluster():
                 _end_half_started_ray()
                 if attempt == 2:
                     raise
+        _reinstall(interrupt_handler)
         assert ray_processes(temp_dir), "the process check does not see this cluster"
         yield ray
     finally:
         ray.shutdown()
+        _reinstall(interrupt_handler)
         left = wait_until_gone(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray processes left running after the session: {left}"

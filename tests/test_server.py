@@ -413,3 +413,174 @@ def test_bad_request_over_http_is_400(http_server: RunningServer, folders: Folde
     for phrase in phrases:
         assert phrase in body["error"]
     assert list(folders.bad_output.iterdir()) == []
+
+
+# --- hostile requests -------------------------------------------------------------------------
+
+RawRequest = Callable[[Folders], dict[str, Any]]
+
+
+def _raw(data: str | bytes, content_type: str = "application/json") -> dict[str, Any]:
+    return {"data": data, "content_type": content_type}
+
+
+def _with_input(value: Any) -> RawRequest:
+    def build(f: Folders) -> dict[str, Any]:
+        body = payload(f.images, f.bad_output)
+        body["inputs"]["input_dataset"] = value
+        return {"json": body}
+    return build
+
+
+HOSTILE_REQUESTS: dict[str, tuple[RawRequest, str]] = {
+    "malformed JSON": (lambda f: _raw('{"inputs": {'), "not valid JSON"),
+    "text/plain body": (lambda f: _raw(json.dumps(payload(f.images, f.bad_output)),
+                                       "text/plain"), "must be JSON"),
+    "body is a list": (lambda f: {"json": [1, 2]}, "must be a JSON object"),
+    "body is null": (lambda f: _raw("null"), "must be a JSON object"),
+    "input given as a string": (_with_input("/tmp"), "inputs.input_dataset must be an object"),
+    "input path is a number": (_with_input({"path": 7}), "inputs.input_dataset must be an object"),
+    "1 MB path": (lambda f: {"json": payload("/" + "a" * 1_000_000, f.bad_output)},
+                  "larger than 65,536 bytes"),
+    "5000-character path": (lambda f: {"json": payload("/" + "a" * 5000, f.bad_output)},
+                            "longer than 4096 characters"),
+    "deeply nested JSON": (lambda f: _raw("[" * 20_000 + "]" * 20_000), "nested too deeply"),
+    "nested parameter": (lambda f: {"json": payload(f.images, f.bad_output,
+                                                    models=[[["default"]]])},  # type: ignore
+                         "must be a short string"),
+    "NUL in a path": (lambda f: {"json": payload(f"{f.images}\x00x", f.bad_output)},
+                      "NUL character"),
+    "parameters missing": (lambda f: {"json": {"inputs": payload(f.images, f.bad_output)[
+        "inputs"], "parameters": {}}}, "parameter"),
+    "/proc as input": (lambda f: {"json": payload("/proc", f.bad_output)},
+                       "virtual file system"),
+    "/sys as input": (lambda f: {"json": payload("/sys", f.bad_output)}, "virtual file system"),
+}
+
+
+def _assert_clean_400(status: int, body: Any, phrase: str) -> None:
+    assert status == 400, body
+    message = body["error"]
+    assert isinstance(message, str) and phrase in message
+    assert "Traceback" not in message and 'File "' not in message and "site-packages" not in message
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_REQUESTS))
+def test_hostile_request_is_400_without_internals(client, folders: Folders, case: str) -> None:
+    make_request, phrase = HOSTILE_REQUESTS[case]
+    response = client.post("/predict", **make_request(folders))
+    _assert_clean_400(response.status_code, response.get_json(), phrase)
+    assert list(folders.bad_output.iterdir()) == []
+
+
+def test_unwritable_output_folder_is_400_before_anything_is_scored(
+        client, folders: Folders, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfake_toolkit import pipeline
+
+    def must_not_score(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("scoring started before the output folder was checked")
+
+    monkeypatch.setattr(pipeline, "_as_detectors", must_not_score)
+    response = client.post("/predict", json=payload(folders.images, "/proc"))
+    assert response.status_code == 400, response.get_json()
+    assert re.search("cannot write the CSV into /proc|not writable", response.get_json()["error"])
+
+
+def test_more_files_than_the_limit_is_400(random_default_weights: Path, folders: Folders) -> None:
+    limited = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0,
+                              max_files=2)
+    response = create_server(limited).app.test_client().post(
+        "/predict", json=payload(folders.images, folders.bad_output))
+    _assert_clean_400(response.status_code, response.get_json(), "more than 2 image files")
+    assert "at most 2 images per request" in response.get_json()["error"]
+
+
+def test_internal_failure_is_a_generic_500_with_details_only_in_the_log(
+        client, folders: Folders, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import deepfake_toolkit.server as server_module
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret detail at /usr/lib/python3/site-packages/x.py")
+
+    monkeypatch.setattr(server_module, "classify_files", broken)
+    with caplog.at_level("ERROR"):
+        response = client.post("/predict", json=payload(folders.images, tmp_path))
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["status"] == "SERVER_ERROR" and "server's log" in body["error"]
+    assert "secret" not in response.get_data(as_text=True)
+    assert "RuntimeError" not in response.get_data(as_text=True)
+    reference = re.search(r"reference ([0-9a-f]{12})", body["error"]).group(1)
+    assert "secret detail" in caplog.text and reference in caplog.text
+
+
+def test_serve_max_files_default_is_the_servers() -> None:
+    from deepfake_toolkit.cli import build_parser
+    from deepfake_toolkit.server import DEFAULT_MAX_FILES
+
+    parser, _ = build_parser()
+    assert parser.parse_args(["serve"]).max_files == DEFAULT_MAX_FILES
+
+
+@pytest.mark.parametrize("case", ["malformed JSON", "text/plain body", "deeply nested JSON",
+                                  "1 MB path", "/proc as input"])
+def test_hostile_request_over_http_is_400(http_server: RunningServer, folders: Folders,
+                                          case: str) -> None:
+    make_request, phrase = HOSTILE_REQUESTS[case]
+    options = make_request(folders)
+    if "json" in options:
+        options = _raw(json.dumps(options["json"]))
+    data = options["data"]
+    request = urllib.request.Request(
+        http_server.url + "/predict", data=data.encode() if isinstance(data, str) else data,
+        headers={"Content-Type": options["content_type"]})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            status, body = answer.status, json.load(answer)
+    except urllib.error.HTTPError as error:
+        status, body = error.code, json.load(error)
+    _assert_clean_400(status, body, phrase)
+
+
+def test_disconnect_watch_sets_stop_only_when_the_client_goes() -> None:
+    from deepfake_toolkit.server import DisconnectWatch
+
+    server_side, client_side = socket.socketpair()
+    stop = threading.Event()
+    with server_side, DisconnectWatch(server_side, stop, interval=0.05):
+        client_side.sendall(b"more bytes from a live client")
+        assert not stop.wait(0.5)
+        client_side.close()
+        assert stop.wait(5)
+
+
+class _SetAfterFirstLook(threading.Event):
+    """A stop event that reads as unset once (when the run starts), then as set: the run is
+    cancelled after its first batch, as when the client disconnects mid-run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+@pytest.mark.parametrize("stop_kind", ["before the run", "during the run"])
+def test_cancelled_run_writes_no_csv(service: DetectorService, folders: Folders, tmp_path: Path,
+                                     stop_kind: str) -> None:
+    from flask_ml.flask_ml_server.models import DirectoryInput
+
+    from deepfake_toolkit.server import RunCancelledError
+
+    stop = _SetAfterFirstLook() if stop_kind == "during the run" else threading.Event()
+    if stop_kind == "before the run":
+        stop.set()
+    inputs = {"input_dataset": DirectoryInput(path=str(folders.images)),
+              "output_file": DirectoryInput(path=str(tmp_path))}
+    with pytest.raises(RunCancelledError, match="cancelled"):
+        service.predict(inputs, {"models": "default", "facecrop": "false", "threshold": ""},
+                        stop=stop)
+    assert list(tmp_path.iterdir()) == []

@@ -185,3 +185,27 @@ def test_static_histogram_without_known_labels(tmp_path: Path) -> None:
     figure = score_histogram(table)
     assert [(t.name, list(t.x)) for t in figure.data] == [("all", [0.1, 0.9]), ("all", [0.5])]
     assert [a.text for a in figure.layout.annotations] == ["m1", "m2"]
+
+
+def test_names_that_are_not_text_show_and_export(tmp_path: Path) -> None:
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in (b"caf\xe9.jpg", b"x\r=1+2\r.png"):
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(os.fsdecode(bytes(images) + b"/" + name))
+    explorer = Explorer(tmp_path, gallery_size=10)
+    explorer.set_folder(images)
+    _run(explorer)
+    assert sorted(explorer.results["path"]) == sorted(str(p) for p in find_images(images))
+    # Everything sent to the browser must be encodable text.
+    explorer.table.value.encode("utf-8")
+    assert "caf\\xe9.jpg" in explorer.table.value
+    for card in explorer.gallery.children:
+        for part in card.children:
+            if isinstance(part, widgets.HTML):
+                part.value.encode("utf-8")
+    written = explorer.export_csv(tmp_path / "scores.csv")
+    assert sorted(read_csv(written)["path"]) == sorted(explorer.results["path"])

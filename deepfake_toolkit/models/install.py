@@ -9,9 +9,9 @@ import torch
 
 from .registry import (
     WeightsMismatchError,
-    check_recorded_spec,
     get_spec,
     load_strict,
+    read_weights,
     save_weights,
 )
 from .weights import weight_folders
@@ -28,7 +28,9 @@ def import_weights(
     The file is read the way the model reads it (pickled checkpoints without running their code,
     transformers layouts converted), loaded strictly into a freshly built module, run once on a
     grey image to check that the output is finite, and saved under the model's weight file name
-    with the spec recorded in the metadata. The source file is left in place.
+    with the spec recorded in the metadata. A threshold and facts recorded in the source file are
+    kept, and so is its precision (float16 weights stay float16). The source file is left in
+    place.
 
     Args:
         source: The downloaded file (e.g. ``dffd_M_unfrozen.ckpt`` or ``model.safetensors``).
@@ -57,9 +59,9 @@ def import_weights(
                               "replace it")
     if source.resolve() == target.resolve():
         raise FileExistsError(f"{source} is already the installed file of model '{model}'")
-    check_recorded_spec(spec, source)
+    spec, state_dict = read_weights(spec, source)
     module = spec.build()
-    load_strict(module, spec.load_state_dict(str(source)), f"{source} for model '{model}'")
+    load_strict(module, state_dict, f"{source} for model '{model}'")
     module.eval()
     size = spec.preprocess.input_size
     with torch.inference_mode():
@@ -67,4 +69,10 @@ def import_weights(
     if not torch.isfinite(output).all():
         raise WeightsMismatchError(f"{source} loads into model '{model}' but gives non-finite "
                                    "outputs: the file is damaged; download it again")
-    return save_weights(spec, module.state_dict(), target)
+    return save_weights(spec, module.state_dict(), target, dtype=_common_float_type(state_dict))
+
+
+def _common_float_type(state_dict: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The floating-point type of every floating-point tensor, when they share one."""
+    kinds = {value.dtype for value in state_dict.values() if value.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else None

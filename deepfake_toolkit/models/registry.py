@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 
 from .spec import ModelSpec
 from .transforms import ImageTransform
-from .weights import WeightsNotFoundError, find_weight_file
+from .weights import WeightsFileError, WeightsNotFoundError, find_weight_file, \
+    safetensors_metadata
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -158,58 +160,134 @@ def load_model(
     Raises:
         UnknownModelError: No such model.
         WeightsNotFoundError: A weight file is missing (the message says where to get it).
-        WeightsMismatchError: The weight file does not fit the model (missing or unexpected keys, or it
-            records a different preprocessing than the spec).
+        WeightsMismatchError: The weight file does not fit the model (missing or unexpected keys,
+            wrong shapes or types, or it records a different preprocessing than the spec).
+        WeightsFileError: The weight file cannot be read, is damaged (values that are not
+            numbers, bad recorded metadata) or was refused as unsafe.
     """
     spec = get_spec(name)
     path = find_weight_file(spec.weights[0], spec.name, weights_dir)
-    recorded = check_recorded_spec(spec, path)
-    if recorded and recorded.get("threshold") is not None:
-        # The operating threshold was chosen with these weights, so it travels with them.
-        spec = dataclasses.replace(spec, threshold=float(recorded["threshold"]))
+    spec, state_dict = read_weights(spec, path)
     module = spec.build()
-    state_dict = spec.load_state_dict(str(path))
     load_strict(module, state_dict, f"{path} for model '{spec.name}'")
     resolved = resolve_device(device)
     module.to(resolved, memory_format=spec.memory_format).eval()
     return Detector(spec=spec, module=module, device=resolved, weights_path=path)
 
 
-def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """Load ``state_dict`` into ``module`` requiring exactly its keys and shapes.
+def read_weights(spec: ModelSpec, path: str | os.PathLike[str]
+                 ) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """Read a weight file for ``spec``, checking everything that can be checked without the
+    module: the recorded spec (preprocessing, output convention, threshold) and that the file
+    reads as a state dict of tensors. Every entry point (loading a model, importing weights)
+    reads weight files through here and :func:`load_strict`.
+
+    Returns:
+        ``spec`` with the operating threshold and the facts recorded with the weights (they were
+        measured with these weights, so they travel with them), and the state dict.
 
     Raises:
-        WeightsMismatchError: Listing missing keys, unexpected keys and shape mismatches.
+        WeightsFileError: The file cannot be read, or its recorded metadata is damaged.
+        WeightsMismatchError: The file records another preprocessing or output convention.
+    """
+    recorded = check_recorded_spec(spec, path)
+    if recorded:
+        extra = recorded.get("extra")
+        threshold = recorded.get("threshold")
+        spec = dataclasses.replace(
+            spec, threshold=float(threshold) if threshold is not None else spec.threshold,
+            extra={**spec.extra, **extra} if isinstance(extra, dict) else spec.extra)
+    try:
+        state_dict = spec.load_state_dict(str(path))
+    except (WeightsFileError, WeightsMismatchError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a reader's errors on a bad file are of many kinds
+        raise WeightsFileError(
+            f"{path} could not be read as weights for model '{spec.name}' "
+            f"({type(exc).__name__}: {exc}). The download may be incomplete or the file of "
+            "another format: download it again.") from None
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise WeightsFileError(f"{path} does not hold a state dict of named tensors")
+    return spec, state_dict
+
+
+def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``state_dict`` into ``module`` requiring exactly its keys, shapes and kinds of value,
+    and finite floating-point values.
+
+    Floating-point values of another precision (float16 for a float32 module) are converted;
+    a tensor of another kind (bool or integer for a floating-point parameter) is refused.
+
+    Raises:
+        WeightsMismatchError: Listing missing keys, unexpected keys, shape and type mismatches.
+        WeightsFileError: Some values are not finite numbers (NaN or infinity).
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
+    common = sorted(set(own) & set(state_dict))
     mismatched = [
         f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+        for k in common if tuple(own[k].shape) != tuple(state_dict[k].shape)
     ]
-    if missing or unexpected or mismatched:
+    wrong_type = [
+        f"{k}: file {state_dict[k].dtype} vs model {own[k].dtype}"
+        for k in common if _value_kind(state_dict[k]) != _value_kind(own[k])
+    ]
+    if missing or unexpected or mismatched or wrong_type:
         parts = [f"weights {what} do not fit the model:"]
         for title, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("wrong shape", mismatched)):
+                            ("wrong shape", mismatched), ("wrong type", wrong_type)):
             if keys:
                 shown = ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
                 parts.append(f"  {title} keys: {shown}")
         raise WeightsMismatchError("\n".join(parts))
+    not_finite = [k for k in common if state_dict[k].is_floating_point()
+                  and not bool(torch.isfinite(state_dict[k]).all())]
+    if not_finite:
+        shown = ", ".join(not_finite[:20]) + (f" ... ({len(not_finite)} in all)"
+                                              if len(not_finite) > 20 else "")
+        raise WeightsFileError(f"weights {what} hold values that are not numbers (NaN or "
+                               f"infinity) in {shown}: the file is damaged; download it again")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
 
 
+def _value_kind(tensor: torch.Tensor) -> str:
+    if tensor.dtype == torch.bool:
+        return "bool"
+    if tensor.is_complex():
+        return "complex"
+    return "float" if tensor.is_floating_point() else "integer"
+
+
 def recorded_spec(path: str | os.PathLike[str]) -> dict | None:
-    """The spec recorded in a safetensors file's metadata, or None (other formats, or none)."""
+    """The spec recorded in a safetensors file's metadata, or None (other formats, or none).
+
+    Raises:
+        WeightsFileError: The file is not readable safetensors, or the record is not a JSON
+            object with a threshold that is empty or a number in [0, 1].
+    """
     if not str(path).endswith(".safetensors"):
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    text = metadata.get(SPEC_METADATA_KEY)
-    return json.loads(text) if text else None
+    text = safetensors_metadata(path).get(SPEC_METADATA_KEY)
+    if not text:
+        return None
+    try:
+        recorded = json.loads(text)
+    except ValueError as exc:
+        raise WeightsFileError(f"{path}: the spec recorded with the weights is not valid JSON "
+                               f"({exc}): the file is damaged; download it again") from None
+    if not isinstance(recorded, dict):
+        raise WeightsFileError(f"{path}: the spec recorded with the weights is not a record: "
+                               "the file is damaged; download it again")
+    threshold = recorded.get("threshold")
+    if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0):
+        raise WeightsFileError(f"{path} records the threshold {threshold!r}, which is not a "
+                               "number between 0 and 1: the file is damaged; download it again")
+    return recorded
 
 
 def check_recorded_spec(spec: ModelSpec, path: str | os.PathLike[str]) -> dict | None:

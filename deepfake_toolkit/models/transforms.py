@@ -16,6 +16,11 @@ _PIL_FILTERS = {
 }
 
 
+_LONG_SIDE_LIMIT = 8
+"""With ``resize="shorter"``, images whose long side would grow past this many input sizes are
+resampled only where the centre crop falls (see :meth:`ImageTransform.resize`)."""
+
+
 class ImageTransform:
     """Turns an RGB PIL image into the normalised CHW float tensor a model takes.
 
@@ -40,9 +45,16 @@ class ImageTransform:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = p.resize_size, int(p.resize_size * long / short)
         new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-        image = image.resize(new_size, resample)
         left = int(round((new_size[0] - p.input_size) / 2.0))
         top = int(round((new_size[1] - p.input_size) / 2.0))
+        if new_long > _LONG_SIDE_LIMIT * p.input_size:
+            # Resample only the part that the crop keeps: enlarging the whole of a 10000x20
+            # banner first would take gigabytes.
+            scale_x, scale_y = new_size[0] / width, new_size[1] / height
+            box = (left / scale_x, top / scale_y, (left + p.input_size) / scale_x,
+                   (top + p.input_size) / scale_y)
+            return image.resize((p.input_size, p.input_size), resample, box=box)
+        image = image.resize(new_size, resample)
         return image.crop((left, top, left + p.input_size, top + p.input_size))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:

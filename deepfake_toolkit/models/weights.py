@@ -92,15 +92,45 @@ def download_instructions(weight: WeightFile) -> list[str]:
     return lines
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a safetensors file into a state dict (safetensors cannot hold executable code)."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
 class WeightsFileError(ValueError):
     """A weight file cannot be read: damaged, of another format, or refused as unsafe."""
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file into a state dict (safetensors cannot hold executable code).
+
+    Raises:
+        WeightsFileError: The file is truncated, damaged or not safetensors.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - the reader's errors are of several kinds
+        raise WeightsFileError(not_safetensors_message(path, exc)) from None
+
+
+def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata (text key-value pairs) of a safetensors file.
+
+    Raises:
+        WeightsFileError: The file is truncated, damaged or not safetensors.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:  # noqa: BLE001 - the reader's errors are of several kinds
+        raise WeightsFileError(not_safetensors_message(path, exc)) from None
+
+
+def not_safetensors_message(path: str | os.PathLike[str], error: BaseException) -> str:
+    """Say that ``path`` could not be read as safetensors, why, and what to do."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return (f"{path} could not be read as a safetensors file ({reason}): it is incomplete, "
+            "damaged or of another format. Download it again, or import the original file with "
+            "'deepfake-toolkit weights import'.")
 
 
 class UnsafeCheckpointError(WeightsFileError):
