@@ -16,7 +16,7 @@ from .models import (
     load_model,
 )
 from .pipeline import classify_directory, classify_files
-from .results import COLUMNS, read_csv, write_csv
+from .results import COLUMNS, read_csv, read_table, write_csv, write_table
 
 __version__ = "0.1.0"
 
@@ -37,5 +37,7 @@ __all__ = [
     "list_models",
     "load_model",
     "read_csv",
+    "read_table",
     "write_csv",
+    "write_table",
 ]

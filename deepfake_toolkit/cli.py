@@ -67,8 +67,9 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("-m", "--model", action="append", dest="models", metavar="MODEL",
                         help="model to use (repeat for several; default: default). "
                              "See 'deepfake-toolkit models'.")
-    parser.add_argument("-o", "--output", metavar="OUT.csv",
-                        help="CSV to write (default: deepfake_scores.csv in the current folder)")
+    parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.parquet",
+                        help="table to write: CSV, or Parquet when the name ends in .parquet "
+                             "(default: deepfake_scores.csv in the current folder)")
     _add_face_options(parser, skip="skip the file")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="label fake when fake_score >= T (default: the model's operating "
@@ -77,6 +78,14 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
                         help="label with the five score bands even if the model has a threshold")
     _add_evidence_options(parser)
     _add_engine_options(parser)
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this machine (default); ray: a Ray cluster, the same rows "
+                             "(needs pip install \"deepfake-toolkit[ray]\"; --workers then sets "
+                             "the face-crop actors)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: the cluster to use, 'auto' (this machine's), "
+                             "host:6379 or ray://host:10001 (default: start a local one for "
+                             "this run)")
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return _run_classify
@@ -107,7 +116,7 @@ def _run_classify(args: argparse.Namespace) -> int:
     from .images import find_images
     from .models import get_spec
     from .pipeline import ClassificationInterrupted, classify_files
-    from .results import summary
+    from .results import is_parquet_path, summary
 
     directory = Path(args.directory).expanduser()
     if not directory.is_dir():
@@ -117,11 +126,25 @@ def _run_classify(args: argparse.Namespace) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must lie between 0 and 1")
+    if args.stability and args.engine == "ray":
+        raise UsageError("--stability runs on the local engine only: drop --engine ray")
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
     models = args.models or ["default"]
     for name in models:
         get_spec(name)
-    files = find_images(directory, recursive=not args.no_recursive)
     output = Path(args.output or "deepfake_scores.csv").expanduser()
+    if is_parquet_path(output):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(f"{output}: Parquet output needs pyarrow: pip install pyarrow, or "
+                             "write a .csv") from None
+    if args.engine == "ray":
+        from .distributed import import_ray
+
+        import_ray()
+    files = find_images(directory, recursive=not args.no_recursive)
     if not files:
         print(f"No image files found in {directory}.", file=sys.stderr)
     try:
@@ -130,7 +153,8 @@ def _run_classify(args: argparse.Namespace) -> int:
             face_config=_face_config(args), threshold=args.threshold, bands=args.bands,
             batch_size=args.batch_size, device=args.device, num_workers=args.workers,
             weights_dir=args.weights_dir, provenance=args.provenance,
-            stability=args.stability, output_csv=output, progress=not args.quiet)
+            stability=args.stability, output_csv=output, progress=not args.quiet,
+            engine=args.engine, ray_address=args.ray_address)
     except ClassificationInterrupted as stopped:
         print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}",
               file=sys.stderr)
@@ -831,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .images import ImageReadError
     from .batch import NotebookNotFoundError
+    from .distributed import RayEngineError
     from .models import (
         UnknownModelError,
         WeightsFileError,
@@ -849,7 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
-            NotebookNotFoundError, OutputNotWritableError) as exc:
+            NotebookNotFoundError, OutputNotWritableError, RayEngineError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

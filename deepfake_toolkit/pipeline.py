@@ -30,6 +30,8 @@ from .provenance import empty_provenance, read_provenance
 from .results import PendingCsv, label_scheme, results_frame
 
 ModelArg = str | Detector | Sequence[str | Detector]
+ENGINES: tuple[str, ...] = ("local", "ray")
+"""Where classification runs: this machine, or a Ray cluster."""
 
 
 @dataclass
@@ -155,6 +157,21 @@ def _as_detectors(model: ModelArg, weights_dir: str | os.PathLike[str] | None,
     return detectors
 
 
+def shared_transforms(detectors: list[Detector]) -> tuple[list[ImageTransform], list[int]]:
+    """The distinct input transforms of ``detectors`` and, per detector, the index of its own:
+    models that share a preprocessing get each image transformed once."""
+    unique: list[ImageTransform] = []
+    transform_index: list[int] = []
+    for detector in detectors:
+        preprocess = detector.spec.preprocess
+        known = [t.preprocess for t in unique]
+        if preprocess not in known:
+            unique.append(detector.transform)
+            known.append(preprocess)
+        transform_index.append(known.index(preprocess))
+    return unique, transform_index
+
+
 def default_workers(n_files: int, batch_size: int) -> int:
     """Worker processes for decoding: none for small jobs, else up to the CPU count (max 4)."""
     if n_files <= batch_size:
@@ -184,6 +201,8 @@ def classify_files(
     stop: threading.Event | None = None,
     on_batch: Callable[[pd.DataFrame], None] | None = None,
     worker_start: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Score image files with one or more models.
 
@@ -213,8 +232,9 @@ def classify_files(
             downscale to 0.75; 4x the work) and label it "uncertain" when the verdict flips (see
             :mod:`deepfake_toolkit.stability`).
         output_csv: Also write the table here (atomically, text cells made safe, see
-            :func:`~deepfake_toolkit.results.write_csv`). The file is reserved before anything
-            is scored, so a folder that cannot be written fails at once.
+            :func:`~deepfake_toolkit.results.write_csv`); Parquet when the name ends in .parquet
+            (needs pyarrow). The file is reserved before anything is scored, so a folder that
+            cannot be written fails at once.
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
@@ -225,6 +245,12 @@ def classify_files(
         worker_start: How decoding processes start: "fork", "forkserver" or "spawn" (None: the
             platform's default). A server uses "forkserver", so that workers do not inherit its
             open sockets and files.
+        engine: "local" (this machine: worker processes and one model) or "ray" (a Ray cluster,
+            see :mod:`deepfake_toolkit.distributed`; needs ``pip install
+            "deepfake-toolkit[ray]"``). Both give the same rows in the same order.
+        ray_address: With ``engine="ray"``: None starts a local Ray (or uses the one this
+            process already started), "auto" joins the cluster of this machine, "host:6379" or
+            "ray://host:10001" a remote one.
 
     Returns:
         A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
@@ -242,6 +268,21 @@ def classify_files(
     if stability and perturb is not None:
         raise ValueError("stability=True re-encodes the files itself; it cannot be combined "
                          "with perturb")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise ValueError("ray_address needs engine='ray'")
+    if engine == "ray":
+        from .distributed import classify_files_on_ray
+
+        if stability:
+            raise ValueError("the stability check runs on the local engine only")
+        return classify_files_on_ray(
+            files, model, face_crop, ray_address=ray_address, no_face=no_face,
+            face_config=face_config, threshold=threshold, bands=bands, batch_size=batch_size,
+            device=str(device), num_workers=num_workers, weights_dir=weights_dir,
+            max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
+            stop=stop, on_batch=on_batch, provenance=provenance)
     paths = [Path(f).expanduser() for f in files]
     pending = PendingCsv(output_csv) if output_csv is not None else None
     with pending or contextlib.nullcontext():
@@ -249,16 +290,7 @@ def classify_files(
         detectors = _as_detectors(model, weights_dir, resolved)
         schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
 
-        unique: list[ImageTransform] = []
-        transform_index: list[int] = []
-        for detector in detectors:
-            preprocess = detector.spec.preprocess
-            known = [t.preprocess for t in unique]
-            if preprocess not in known:
-                unique.append(detector.transform)
-                known.append(preprocess)
-            transform_index.append(known.index(preprocess))
-
+        unique, transform_index = shared_transforms(detectors)
         cropper = FaceCropper(face_config, device=resolved) if face_crop else None
         # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
         # onnxruntime CPU network), detection runs per image in the workers.

@@ -1,4 +1,4 @@
-"""The one result schema: the columns of a classification table, its labels and its CSV form.
+"""The one result schema: a result table's columns, its labels, its CSV and Parquet forms.
 
 Every model reports ``fake_score`` = P(fake) in [0, 1]. A label is derived from the score either by
 the five bands of the original system (mirrored onto fake_score) or by a single threshold.
@@ -13,7 +13,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -85,8 +85,13 @@ ESCAPE_MARK = "%"
 _UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029\ud800-\udfff%]")
 _ESCAPE = re.compile("%(u[0-9A-F]{4}|[0-9A-F]{2})")
 
-_TEXT_COLUMNS = ("path", "model", "label", "region", "no_face_policy", "error",
-                 *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+"""File name endings written and read as Parquet; every other ending means CSV."""
+
+TEXT_COLUMNS: tuple[str, ...] = ("path", "model", "label", "region", "no_face_policy", "error",
+                                 *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
+"""The schema's text columns."""
+_TEXT_COLUMNS = TEXT_COLUMNS
 _FLOAT_COLUMNS = ("fake_score", "face_prob", "stability_spread")
 _NULLABLE_BOOL_COLUMNS = ("provenance_says_ai",)
 
@@ -264,6 +269,18 @@ def _box_to_text(box: Any) -> str:
     return json.dumps([round(float(v), 1) for v in box])
 
 
+def _box_to_list(box: Any) -> list[float] | None:
+    if box is None or (isinstance(box, float) and math.isnan(box)):
+        return None
+    return [round(float(v), 1) for v in box]
+
+
+def _box_from_arrow(box: Any) -> tuple[float, ...] | None:
+    if box is None or (pd.api.types.is_scalar(box) and pd.isna(box)):
+        return None
+    return tuple(float(v) for v in box)
+
+
 def _box_from_text(text: Any) -> tuple[float, ...] | None:
     if not isinstance(text, str) or not text.strip():
         return None
@@ -307,8 +324,12 @@ class PendingCsv:
         self.discard()
 
     def write(self, frame: pd.DataFrame) -> Path:
-        """Write ``frame`` (formula cells neutralised, see :func:`write_csv`) and rename the file
-        into place."""
+        """Write ``frame`` (formula cells neutralised, see :func:`write_csv`; Parquet when the
+        path ends in .parquet, see :func:`write_parquet`) and rename the file into place."""
+        if is_parquet_path(self.path):
+            import pyarrow.parquet as pq
+
+            return self._finish(lambda: pq.write_table(parquet_table(frame), self.temporary))
         out = frame.copy()
         for column in out.columns:
             if column == "face_box":
@@ -317,9 +338,16 @@ class PendingCsv:
                 out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
                                            for v in out[column]), out.index)
         out.columns = [_neutralise(str(c)) for c in out.columns]
-        try:
+
+        def write_csv_file() -> None:
             with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
                 out.to_csv(stream, index=False)
+
+        return self._finish(write_csv_file)
+
+    def _finish(self, write: Callable[[], None]) -> Path:
+        try:
+            write()
             make_readable(self.temporary)
             os.replace(self.temporary, self.path)
         except BaseException:
@@ -349,6 +377,61 @@ def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         OutputNotWritableError: The folder cannot be created or written.
     """
     return PendingCsv(path).write(frame)
+
+
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a result table to Parquet atomically (needs pyarrow).
+
+    Columns keep their types (``face_box`` becomes a list of floats, missing integers stay
+    missing); text that Arrow cannot hold as it is (bytes of a file name that are not UTF-8,
+    control characters, "%") is stored in :func:`escape_cell` form. :func:`read_parquet` gives
+    back the table :func:`read_csv` gives for the same rows.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ImportError: pyarrow is not installed (the message says how to install it).
+    """
+    return PendingCsv(path).write(frame)
+
+
+def parquet_table(frame: pd.DataFrame):
+    """A result table as a ``pyarrow.Table`` with the schema's types (see :func:`arrow_schema`)
+    and text in :func:`escape_cell` form where needed."""
+    _require_pyarrow()
+    import pyarrow as pa
+
+    out = frame.copy()
+    for column in out.columns:
+        if column == "face_box":
+            out[column] = out[column].map(_box_to_list).astype(object)
+        elif _is_text(out[column]):
+            out[column] = text_series((escape_cell(v) if isinstance(v, str) else v
+                                       for v in out[column]), out.index)
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    # The schema's own types, also for columns that happen to be all empty in this table.
+    known = arrow_schema()
+    return table.cast(pa.schema([known.field(f.name) if f.name in known.names else f
+                                 for f in table.schema]))
+
+
+def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write a result table as Parquet when ``path`` ends in .parquet or .pq, else as CSV."""
+    return PendingCsv(path).write(frame)
+
+
+def is_parquet_path(path: str | os.PathLike[str]) -> bool:
+    """Whether a table at ``path`` is written and read as Parquet (see :data:`PARQUET_SUFFIXES`)."""
+    return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ImportError("Parquet files need pyarrow: pip install pyarrow (or "
+                          "pip install \"deepfake-toolkit[ray]\"), or write a .csv") from None
 
 
 def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
@@ -381,6 +464,58 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
         if column in frame:
             frame[column] = frame[column].map(_nullable_bool).astype("boolean")
     return frame
+
+
+def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a result Parquet file written by :func:`write_parquet` back into a result table, with
+    the types :func:`read_csv` gives."""
+    _require_pyarrow()
+    return restore_types(pd.read_parquet(path))
+
+
+def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give a table that went through Arrow (a Parquet file, a Ray dataset) the types of
+    :func:`read_csv`: text without missing values, ``face_box`` as a tuple or None, nullable
+    integers."""
+    frame = frame.copy()
+    for column in _TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = text_series(
+                ("" if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))
+                 else unescape_cell(str(v)) for v in frame[column]), frame.index)
+    if "face_box" in frame:
+        frame["face_box"] = frame["face_box"].map(_box_from_arrow).astype(object)
+    for column in ("face_crop", "face_found"):
+        if column in frame:
+            frame[column] = frame[column].astype(bool)
+    for column in ("n_faces", "width", "height"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    for column in _FLOAT_COLUMNS:
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in _NULLABLE_BOOL_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map(_nullable_bool).astype("boolean")
+    return frame
+
+
+def arrow_schema():
+    """The schema's columns as a ``pyarrow.Schema`` (Parquet files and Ray datasets use it)."""
+    import pyarrow as pa
+
+    types = {"face_crop": pa.bool_(), "face_found": pa.bool_(), "n_faces": pa.int64(),
+             "width": pa.int64(), "height": pa.int64(), "face_box": pa.list_(pa.float64()),
+             **{column: pa.float64() for column in _FLOAT_COLUMNS},
+             **{column: pa.bool_() for column in _NULLABLE_BOOL_COLUMNS}}
+    return pa.schema([(column, types.get(column, pa.string())) for column in COLUMNS])
+
+
+def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """Read a result table from Parquet (.parquet, .pq) or CSV (anything else)."""
+    if is_parquet_path(path):
+        return read_parquet(path)
+    return read_csv(path, text_columns)
 
 
 def summary(frame: pd.DataFrame) -> dict[str, int]:

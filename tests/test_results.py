@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from deepfake_toolkit.results import COLUMNS, Bands, Threshold, label_scheme, read_csv, \
-    results_frame, summary, write_csv
+    read_parquet, read_table, results_frame, summary, write_csv, write_parquet, write_table
 
 
 def _rows():
@@ -87,3 +87,40 @@ def test_written_files_follow_the_umask_without_changing_it(tmp_path):
         assert os.umask(0o027) == 0o027
     finally:
         os.umask(previous)
+
+
+def test_parquet_reads_back_equal_to_csv(tmp_path):
+    frame = results_frame(_rows())
+    from_csv = read_csv(write_csv(frame, tmp_path / "scores.csv"))
+    from_parquet = read_parquet(write_parquet(frame, tmp_path / "scores.parquet"))
+    pd.testing.assert_frame_equal(from_parquet, from_csv)
+    assert from_parquet["face_box"][0] == (1.5, 2.0, 30.2, 40.0)
+    assert from_parquet["face_box"][1] is None
+    assert from_parquet["path"][0] == "/data/=SUM(A1).jpg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "scores.parquet"]
+
+
+def test_write_table_and_read_table_choose_the_format_by_suffix(tmp_path):
+    frame = results_frame(_rows())
+    parquet = write_table(frame, tmp_path / "out" / "scores.PARQUET")
+    assert parquet.read_bytes()[:4] == b"PAR1"
+    csv = write_table(frame, tmp_path / "out" / "scores.csv")
+    assert csv.read_text().startswith("path,model")
+    pd.testing.assert_frame_equal(read_table(parquet), read_table(csv))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scores.PARQUET",
+                                                                    "scores.csv"]
+
+
+def test_parquet_keeps_the_schema_types_when_a_column_is_all_empty(tmp_path):
+    import pyarrow.parquet as pq
+
+    frame = results_frame(_rows()[1:])
+    path = write_parquet(frame, tmp_path / "errors.parquet")
+    schema = pq.read_schema(path)
+    import pyarrow as pa
+
+    assert pa.types.is_list(schema.field("face_box").type)
+    assert schema.field("face_box").type.value_type == pa.float64()
+    assert schema.field("width").type == pa.int64()
+    back = read_parquet(path)
+    assert back["face_box"][0] is None and pd.isna(back["width"][0])
