@@ -54,8 +54,8 @@ from .pipeline import (
     _score_batch,
     shared_transforms,
 )
-from .results import COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, escape_cell, \
-    label_scheme, restore_types, results_frame, unescape_cell, write_table
+from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
+    escape_cell, label_scheme, restore_types, results_frame, unescape_cell, write_table
 
 RAY_INSTALL_HINT = 'pip install "deepfake-toolkit[ray]"'
 """What to run when Ray is missing."""
@@ -265,10 +265,12 @@ class _ScoreStage:
         rows = _score_batch(items, self.detectors, self.transform_index, self.schemes,
                             self.face_crop, self.no_face, self.batch_size)
         for row in rows:
+            # Columns a run fills later (the stability check) are absent here: empty.
             for column in TEXT_COLUMNS:
-                row[column] = escape_cell(row[column])
-            row["fake_score"] = None if math.isnan(row["fake_score"]) else row["fake_score"]
-            row["face_prob"] = None if math.isnan(row["face_prob"]) else row["face_prob"]
+                row[column] = escape_cell(row.get(column) or "")
+            for column in FLOAT_COLUMNS:
+                value = row.get(column)
+                row[column] = None if value is None or math.isnan(value) else value
         return pa.Table.from_pylist(rows, schema=arrow_schema())
 
 

@@ -92,7 +92,9 @@ TEXT_COLUMNS: tuple[str, ...] = ("path", "model", "label", "region", "no_face_po
                                  *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
 """The schema's text columns."""
 _TEXT_COLUMNS = TEXT_COLUMNS
-_FLOAT_COLUMNS = ("fake_score", "face_prob", "stability_spread")
+FLOAT_COLUMNS: tuple[str, ...] = ("fake_score", "face_prob", "stability_spread")
+"""The schema's float columns (missing values are NaN)."""
+_FLOAT_COLUMNS = FLOAT_COLUMNS
 _NULLABLE_BOOL_COLUMNS = ("provenance_says_ai",)
 
 
