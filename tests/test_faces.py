@@ -156,3 +156,22 @@ def test_retinaface_crops_feed_the_models(retina, astronaut, tmp_path, one_torch
 def test_unknown_detector_is_refused():
     with pytest.raises(ValueError, match="mtcnn or retinaface"):
         FaceCropConfig(detector="haar")
+
+
+def test_a_missing_detector_package_fails_once_with_what_to_install(monkeypatch, tmp_path,
+                                                                    capsys, astronaut):
+    import sys
+
+    from deepfake_toolkit import cli
+    from deepfake_toolkit.faces import FaceDetectorMissing
+
+    monkeypatch.setitem(sys.modules, "retinaface", None)
+    monkeypatch.setitem(sys.modules, "retinaface.weights", None)
+    with pytest.raises(FaceDetectorMissing, match=r"deepfake-toolkit\[retinaface\]"):
+        FaceCropper(detector="retinaface")
+    astronaut.save(tmp_path / "a.png")
+    out = tmp_path / "out.csv"
+    assert cli.main(["classify", str(tmp_path), "--face-detector", "retinaface", "-o", str(out),
+                     "--quiet"]) == 2
+    assert 'pip install "deepfake-toolkit[retinaface]"' in capsys.readouterr().err
+    assert not out.exists()
