@@ -5,6 +5,7 @@ cannot tell.
 """
 
 from .faces import FaceCropConfig, FaceCropper
+from .scoring import Scoring, ScoringMismatchWarning
 from .images import ImageReadError, find_images, load_image
 from .models import (
     Detector,
@@ -27,6 +28,8 @@ __all__ = [
     "FaceCropper",
     "ImageReadError",
     "ModelSpec",
+    "Scoring",
+    "ScoringMismatchWarning",
     "UnknownModelError",
     "WeightsNotFoundError",
     "__version__",

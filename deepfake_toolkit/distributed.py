@@ -43,7 +43,7 @@ from PIL import Image
 from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
-from .models.registry import load_strict
+from .models.loading import load_strict
 from .pipeline import (
     ClassificationInterrupted,
     ModelArg,

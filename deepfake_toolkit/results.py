@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .images import printable_path
-from .models.registry import make_readable
+from .files import make_readable
 from .provenance import PROVENANCE_COLUMNS, PROVENANCE_TEXT_COLUMNS
 
 STABILITY_COLUMNS: tuple[str, ...] = ("stability_spread", "stability_scores", "stability_reason")

@@ -626,7 +626,7 @@ def train(
         holdout_table = holdout_table.assign(fake_score=_score(module, spec, hold_loader, device))
     weights_path = None
     if output is not None:
-        trained = replace(spec, threshold=round(threshold, 4))
+        trained = replace(spec, threshold=round(threshold, 4), face_crop=config.face)
         weights_path = save_weights(trained, module.state_dict(), output, dtype=torch.float16)
     return TrainResult(weights_path=weights_path, threshold=threshold, history=history,
                        validation=val_part, holdout=holdout_table,
@@ -672,7 +672,7 @@ def write_training_outputs(result: TrainResult, spec_path: str | os.PathLike[str
         extra: More facts to record (e.g. leave-one-folder-out results).
     """
     assert result.weights_path is not None
-    from .models.registry import recorded_spec
+    from .models.loading import recorded_spec
 
     record = {
         "spec": recorded_spec(result.weights_path),

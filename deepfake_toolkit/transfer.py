@@ -432,6 +432,7 @@ def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: st
     weights_path = None
     if output is not None:
         spec = dataclasses.replace(get_spec("clip_probe"), threshold=round(threshold, 4),
+                                   face_crop=config.face,
                                    extra={**get_spec("clip_probe").extra,
                                           "features": list(features), "C": c})
         weights_path = save_weights(spec, head_state_dict(head), output)

@@ -219,7 +219,7 @@ def test_probe_training_runs_on_a_tiny_folder(tiny_clip, tmp_path, astronaut):
     """train_clip_probe (what 'deepfake-toolkit train --model clip_probe' runs): face crops,
     tower features, head, threshold with every real folder's validation reals >= 0.80, the
     hold-out folder scored, and a head file whose recorded spec carries the threshold."""
-    from deepfake_toolkit.models.registry import recorded_spec
+    from deepfake_toolkit.models.loading import recorded_spec
     from deepfake_toolkit.train import TrainConfig
     from deepfake_toolkit.transfer import train_clip_probe
     from tests.test_train import _labelled_folder

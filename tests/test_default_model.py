@@ -12,7 +12,8 @@ from PIL import Image
 
 from deepfake_toolkit import classify_files, load_model
 from deepfake_toolkit.models import get_spec
-from deepfake_toolkit.models.registry import recorded_spec
+from deepfake_toolkit.faces import FaceCropConfig
+from deepfake_toolkit.models.loading import recorded_spec
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS
 
 from .conftest import SHARED_DATA, needs_shared_data
@@ -46,6 +47,11 @@ def test_spec_file_card_and_weights_agree(record):
     assert in_file["output"] == SPEC.output == "sigmoid_fake"
     detector = load_model("default", device="cpu")
     assert detector.spec.threshold == pytest.approx(in_file["threshold"])
+    # The model's scoring policy is the one it was trained and validated with.
+    trained_on = FaceCropConfig(**record["training"]["face"])
+    assert detector.scoring.face == trained_on
+    assert detector.scoring.threshold == pytest.approx(record["threshold"], abs=1e-4)
+    assert detector.scoring.rule == f"threshold {in_file['threshold']:g} (model)"
     assert record["threshold"] == pytest.approx(in_file["threshold"], abs=1e-4)
     card = CARD.read_text()
     assert f"**{in_file['threshold']:.4f}**" in card

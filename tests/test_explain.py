@@ -9,7 +9,7 @@ from PIL import Image
 
 from deepfake_toolkit.explain import explain_files, explain_image, gradcam
 from deepfake_toolkit.models import get_spec
-from deepfake_toolkit.models.registry import Detector
+from deepfake_toolkit.models.loading import Detector
 from deepfake_toolkit.results import read_csv
 
 from .toy_models import BrightPatchScore, toy_detector

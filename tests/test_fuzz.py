@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from deepfake_toolkit import classify_files, read_csv
-from deepfake_toolkit.models.registry import Detector
+from deepfake_toolkit.models.loading import Detector
 from deepfake_toolkit.models.spec import ModelSpec, Preprocess, WeightFile
 
 # Pillow warns about damaged metadata in the mutated files; those are what is being tested.

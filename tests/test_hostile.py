@@ -17,7 +17,7 @@ from PIL import Image
 from deepfake_toolkit import classify_directory, classify_files, find_images, read_csv
 from deepfake_toolkit.images import DECODED_FORMATS, ImageReadError, load_image
 from deepfake_toolkit.models import load_model
-from deepfake_toolkit.models.registry import Detector
+from deepfake_toolkit.models.loading import Detector
 from deepfake_toolkit.models.spec import ModelSpec, Preprocess, WeightFile
 from deepfake_toolkit.results import Bands, Threshold, escape_cell, unescape_cell, write_csv
 

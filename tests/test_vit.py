@@ -19,7 +19,7 @@ from deepfake_toolkit.models import (
     import_weights,
     load_model,
 )
-from deepfake_toolkit.models.registry import load_strict
+from deepfake_toolkit.models.loading import load_strict
 from deepfake_toolkit.models.transforms import ImageTransform
 from deepfake_toolkit.models.vit import build_vit, convert_transformers_vit, load_vit_weights
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from deepfake_toolkit.cli import EXIT_USAGE, main
 from deepfake_toolkit.models import get_spec, import_weights, load_model, save_weights
-from deepfake_toolkit.models.registry import SPEC_METADATA_KEY
+from deepfake_toolkit.models.loading import SPEC_METADATA_KEY
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS
 
 FILENAME = get_spec("default").weights[0].filename

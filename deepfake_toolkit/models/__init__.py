@@ -2,16 +2,12 @@
 
 from . import bnext, clip, default, fusion, vit  # noqa: F401  (register the built-in models)
 from .install import import_weights
+from .loading import Detector, WeightsMismatchError, load_model, resolve_device, save_weights
 from .registry import (
-    Detector,
     UnknownModelError,
-    WeightsMismatchError,
     get_spec,
     list_models,
-    load_model,
     register_model,
-    resolve_device,
-    save_weights,
     unregister_model,
     weights_available,
 )

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import WeightsMismatchError, register_model
+from .loading import WeightsMismatchError
+from .registry import register_model
 from .spec import ModelSpec, Preprocess, WeightFile
 from .weights import WeightsFileError, load_pickled_checkpoint, load_safetensors
 

@@ -291,7 +291,7 @@ def build_tower_from_file(path: str | Path) -> ClipVisionTower:
     """A :class:`ClipVisionTower` with the weights of ``path`` loaded, in eval mode."""
     config, state = load_clip_tower(path)
     tower = ClipVisionTower(config)
-    from .registry import load_strict
+    from .loading import load_strict
 
     load_strict(tower, state, f"{path} (CLIP tower)")
     return tower.eval()
@@ -420,7 +420,7 @@ def check_recorded_features(path: str | Path, features: tuple[str, ...]) -> None
     Raises:
         WeightsMismatchError: The file records other features.
     """
-    from .registry import WeightsMismatchError, recorded_spec
+    from .loading import WeightsMismatchError, recorded_spec
 
     recorded = (recorded_spec(path) or {}).get("extra", {}).get("features")
     if recorded is not None and tuple(recorded) != tuple(features):

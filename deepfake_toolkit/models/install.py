@@ -7,13 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .registry import (
-    WeightsMismatchError,
-    get_spec,
-    load_strict,
-    read_weights,
-    save_weights,
-)
+from .loading import WeightsMismatchError, load_strict, read_weights, save_weights
+from .registry import get_spec
 from .weights import weight_folders
 
 

@@ -13,6 +13,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from ..faces import FaceCropConfig
+
 Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
 ScoreOutput = Literal["sigmoid_fake", "sigmoid_real", "softmax"]
 
@@ -93,6 +95,9 @@ class ModelSpec:
         weights: The weight files, the first being the one loaded.
         threshold: Operating threshold on fake_score chosen on validation data, or None when the
             model has none (labels then use the score bands).
+        face_crop: The region the model was trained and validated on: a face crop made with
+            these settings, or None for the whole image. Weights that record their own (every
+            file the toolkit writes does) replace it when loaded.
         extra: Free-form facts for model cards and listings (paper, parameters, metrics).
         channels_last: Run the module in channels-last memory layout. Results are the same up to
             float rounding; mobile-style CNNs (depthwise convolutions) run about 1.4x faster for
@@ -114,6 +119,7 @@ class ModelSpec:
     weights: tuple[WeightFile, ...]
     fake_index: int = 1
     threshold: float | None = None
+    face_crop: FaceCropConfig | None = FaceCropConfig()
     extra: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
     explain_layer: Callable[[torch.nn.Module], torch.nn.Module] | None = None
@@ -142,6 +148,8 @@ class ModelSpec:
             "output": self.output,
             "fake_index": self.fake_index,
             "threshold": self.threshold,
+            "face_crop": (None if self.face_crop is None
+                          else dataclasses.asdict(self.face_crop)),
             "weights": [dataclasses.asdict(w) for w in self.weights],
             "extra": self.extra,
         }
