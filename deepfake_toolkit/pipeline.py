@@ -302,10 +302,7 @@ def classify_files(
 
         unique, transform_index = shared_transforms(detectors)
         cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
-        # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
-        # onnxruntime CPU network), detection runs per image in the workers.
-        detect_in_workers = cropper is not None and (resolved.type == "cpu"
-                                                     or cropper.config.detector == "retinaface")
+        detect_in_workers = cropper is not None and not _detects_in_batches(cropper, resolved)
         workers = (default_workers(len(paths), batch_size) if num_workers is None
                    else num_workers)
         dataset = _FileDataset(paths, unique, cropper,
@@ -416,6 +413,12 @@ def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
     names = ", ".join(d.name for d in detectors)
     return tqdm(total=total, desc=f"Classifying ({names})", unit="img", disable=not enabled,
                 dynamic_ncols=True)
+
+
+def _detects_in_batches(cropper: FaceCropper, device: torch.device) -> bool:
+    """Whether faces are detected in batches in the main process: MTCNN on a GPU. On a CPU, and
+    for RetinaFace (an onnxruntime CPU network), detection runs per image in the workers."""
+    return device.type != "cpu" and cropper.config.detector == "mtcnn"
 
 
 def _detect_in_main(batch: list[_Item], cropper: FaceCropper, no_face: NoFacePolicy,
