@@ -207,12 +207,19 @@ def test_threshold_gives_fake_and_real_labels(client, folders: Folders, tmp_path
     assert table["label"].tolist() == expected
 
 
-def test_facecrop_scores_the_detected_face(client, folders: Folders, tmp_path: Path) -> None:
+def test_facecrop_scores_the_detected_face(client, service: DetectorService, folders: Folders,
+                                          tmp_path: Path) -> None:
     response = client.post("/predict", json=payload(folders.faces, tmp_path, facecrop="true"))
     assert response.status_code == 200, response.get_json()
     row = read_csv(response.get_json()["path"]).iloc[0]
     assert row["face_crop"] and row["face_found"] and row["region"] == "face"
-    assert 0.0 <= row["fake_score"] <= 1.0
+    # The score is the model's score of the crop around the reported face box.
+    from deepfake_toolkit.faces import crop_window
+
+    detector = service.detector("default")
+    image = Image.open(folders.faces / "astronaut.jpg").convert("RGB")
+    crop = image.crop(crop_window(row["face_box"], image.size, detector.scoring.face))
+    assert row["fake_score"] == pytest.approx(detector.predict_images([crop])[0], abs=2e-3)
 
 
 def test_all_runs_installed_models_and_names_the_skipped(client, folders: Folders,

@@ -223,7 +223,10 @@ def test_training_runs_and_writes_loadable_weights(tmp_path, astronaut):
     assert detector.spec.threshold == pytest.approx(result.threshold, abs=1e-4)
     val = result.validation.iloc[0]
     crop = Image.open(val["path"]).convert("RGB")
-    assert 0.0 <= float(detector.predict_images([crop])[0]) <= 1.0
+    with torch.inference_mode():
+        logit = detector.module(detector.transform(crop)[None]).reshape(-1)[0]
+    assert float(detector.predict_images([crop])[0]) == pytest.approx(
+        float(torch.sigmoid(logit)), abs=1e-6)
     record = write_training_outputs(result, out.with_suffix(".json"))
     metrics = pd.read_json(record, typ="series")["metrics"]
     assert "set_a" in metrics["validation"] and "set_b" in metrics["holdout"]
