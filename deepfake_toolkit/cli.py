@@ -21,12 +21,13 @@ class UsageError(Exception):
     """A mistake in the command line that the user can fix; printed without a traceback."""
 
 
-def _add_scoring_options(parser: argparse.ArgumentParser, skip: str,
+def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
                          labels: bool = True) -> None:
     """The scoring policy's overrides (see :class:`~deepfake_toolkit.scoring.Scoring`): the
     region (--face-crop / --no-face-crop, --no-face and every face-crop setting) and, with
     ``labels``, the label rule (--threshold, --bands). Unset, each is the model's own. ``skip``
-    says what --no-face skip does here."""
+    says what --no-face skip does here (None: no --no-face, images without a face are always
+    scored whole)."""
     from .faces import FACE_DETECTORS, NO_FACE_POLICIES
     from .scoring import HELP
 
@@ -35,8 +36,9 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str,
                    "and validated (see 'deepfake-toolkit models').")
     group.add_argument("--face-crop", action=argparse.BooleanOptionalAction, default=None,
                        help=HELP["face_crop"])
-    group.add_argument("--no-face", choices=NO_FACE_POLICIES, default=None,
-                       help=HELP["no_face"].format(skip=skip))
+    if skip is not None:
+        group.add_argument("--no-face", choices=NO_FACE_POLICIES, default=None,
+                           help=HELP["no_face"].format(skip=skip))
     group.add_argument("--face-detector", choices=FACE_DETECTORS, dest="detector",
                        help=HELP["detector"])
     group.add_argument("--margin", type=float, metavar="F", help=HELP["margin"])
@@ -83,7 +85,8 @@ def _scoring_overrides(args: argparse.Namespace) -> dict:
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise UsageError("--threshold must lie between 0 and 1")
-    return dict(face_crop=args.face_crop, face_config=face or None, no_face=args.no_face,
+    return dict(face_crop=args.face_crop, face_config=face or None,
+                no_face=getattr(args, "no_face", None),
                 threshold=threshold, bands=getattr(args, "bands", None) or None)
 
 
@@ -532,9 +535,7 @@ def _add_explain(commands: argparse._SubParsersAction) -> Callable:
                         help="also explain the N files with the highest fake_score in --scores")
     parser.add_argument("--scores", metavar="SCORES.csv",
                         help="a CSV written by 'classify', for --top")
-    parser.add_argument("--no-face-crop", action="store_true",
-                        help="explain whole images instead of face crops (images without a "
-                             "face are explained whole either way)")
+    _add_scoring_options(parser, skip=None, labels=False)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                         help="where to run (default: cpu)")
     parser.add_argument("--weights-dir", metavar="DIR",
@@ -581,8 +582,10 @@ def _run_explain(args: argparse.Namespace) -> int:
             raise UsageError(f"model '{name}' names no layer for heatmaps")
     files = _explain_files(args, models)
     try:
-        table = explain_files(files, models, args.output, face_crop=not args.no_face_crop,
-                              device=args.device, weights_dir=args.weights_dir)
+        overrides = _scoring_overrides(args)
+        table = explain_files(files, models, args.output, face_crop=overrides["face_crop"],
+                              face_config=overrides["face_config"], device=args.device,
+                              weights_dir=args.weights_dir)
     except ExplainUnavailableError as exc:
         raise UsageError(str(exc)) from None
     for row in table.itertuples():

@@ -27,10 +27,11 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .faces import FaceCropConfig, FaceCropper, crop_window
+from .faces import FaceCropper, crop_window
 from .images import DEFAULT_MAX_PIXELS, load_image
 from .models import Detector, load_model, resolve_device
 from .models.spec import ModelSpec
+from .scoring import FaceSettings, run_policies
 
 EXPLAIN_EXTRA = 'pip install "deepfake-toolkit[explain]"'
 
@@ -216,7 +217,7 @@ def _onto_crop(heat: np.ndarray, crop_size: tuple[int, int], spec: ModelSpec) ->
     return full.clip(0.0, 1.0)
 
 
-def explain_image(image: Image.Image, detector: Detector, face_crop: bool = True,
+def explain_image(image: Image.Image, detector: Detector, face_crop: bool | None = None,
                   cropper: FaceCropper | None = None, path: str = "") -> Explanation:
     """Score ``image`` as the pipeline does and compute its heatmap.
 
@@ -224,14 +225,17 @@ def explain_image(image: Image.Image, detector: Detector, face_crop: bool = True
         image: An upright RGB image.
         detector: The loaded model.
         face_crop: Explain the crop of the best face (as the pipeline scores it); the whole image
-            when False or when no face is found.
-        cropper: The face cropper to use (its config decides margin, selection, edges).
+            when False or when no face is found; None: as the model scores (its policy).
+        cropper: The face cropper to use (its config decides margin, selection, edges; None:
+            the model's own face-crop settings).
         path: The file, recorded in the result.
     """
     image = image.convert("RGB")
     face = None
+    if face_crop is None:
+        face_crop = detector.scoring.face_crop
     if face_crop:
-        cropper = cropper or FaceCropper()
+        cropper = cropper or FaceCropper(detector.scoring.face)
         faces = cropper.faces_to_score(cropper.detect([image])[0])
         face = faces[0] if faces else None
     if face is not None:
@@ -251,9 +255,9 @@ def explain_files(
     files: Sequence[str | os.PathLike[str]],
     model: str | Detector | Sequence[str | Detector] = "default",
     output_dir: str | os.PathLike[str] | None = None,
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
-    face_config: FaceCropConfig | None = None,
+    face_config: FaceSettings | None = None,
     device: str | torch.device = "cpu",
     weights_dir: str | os.PathLike[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -268,8 +272,9 @@ def explain_files(
         files: The image files (a chosen few: each costs a forward and a backward pass).
         model: Registry name(s) or loaded detector(s).
         output_dir: Folder for the images and ``explain.csv``; None writes nothing.
-        face_crop: Explain the face crop the pipeline scores (else the whole image).
-        face_config: Face-crop knobs, as for classification.
+        face_crop: Explain the face crop the pipeline scores (else the whole image); None: as
+            the model scores.
+        face_config: Face-crop settings replacing the model's, as for classification.
         device: Where the models run: "auto", "cpu" or "cuda".
         weights_dir: Folder searched first for weight files.
         max_pixels: Refuse images larger than this.
@@ -281,7 +286,9 @@ def explain_files(
     resolved = resolve_device(device)
     detectors = [m if isinstance(m, Detector) else load_model(m, weights_dir, resolved)
                  for m in models]
-    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+    region = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                          face_config=face_config)[0]
+    cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
     folder = Path(output_dir).expanduser() if output_dir is not None else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -295,7 +302,8 @@ def explain_files(
             continue
         for detector in detectors:
             started = time.perf_counter()
-            explanation = explain_image(image, detector, face_crop, cropper, path=str(path))
+            explanation = explain_image(image, detector, region.face_crop, cropper,
+                                        path=str(path))
             milliseconds = (time.perf_counter() - started) * 1e3
             crop_file = image_file = ""
             if folder is not None:
@@ -324,8 +332,8 @@ def _error_row(path: Path, model: str, error: str) -> dict:
 
 
 def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[str],
-                 face_crop: bool = True, *, by: str = "true_label",
-                 face_config: FaceCropConfig | None = None,
+                 face_crop: bool | None = None, *, by: str = "true_label",
+                 face_config: FaceSettings | None = None,
                  device: str | torch.device = "cpu",
                  weights_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Heatmaps of the ``n`` highest-scored images of each group, per model (for reports).
@@ -334,7 +342,7 @@ def top_heatmaps(per_image: pd.DataFrame, n: int, output_dir: str | os.PathLike[
         per_image: A result or per-image table (rows of perturbed copies are left out).
         n: Images per model and group.
         output_dir: Folder for the heatmap images (see :func:`explain_files`).
-        face_crop: As the table was scored.
+        face_crop: As the table was scored (None: as the model scores).
         by: The grouping column (e.g. ``true_label``: the most fake-looking reals are the false
             alarms worth seeing).
         face_config, device, weights_dir: As for :func:`explain_files` (``face_config`` should
