@@ -21,6 +21,13 @@ from .metrics import two_classes
 ThresholdRule = Literal["fixed", "balanced_accuracy", "fpr"]
 CalibrationMethod = Literal["temperature", "platt"]
 THRESHOLD_RULES: tuple[str, ...] = ("fixed", "balanced_accuracy", "fpr")
+"""How a threshold is chosen for an evaluation: "fixed" fits none (the user's threshold, else the
+model's own), the others fit one on labelled scores."""
+RecordedRule = Literal["model", "user", "fixed", "balanced_accuracy", "fpr"]
+UNFITTED_RULES: tuple[str, ...] = ("model", "user", "fixed")
+"""Recorded rules of thresholds that were not fitted: "model" (the loaded model's own operating
+threshold, recorded with its weights), "user" (given by the user), "fixed" (0.5, for a model
+without an operating threshold)."""
 CALIBRATION_METHODS: tuple[str, ...] = ("temperature", "platt")
 DEFAULT_THRESHOLD = 0.5
 """Threshold of a model that has no operating threshold of its own."""
@@ -148,7 +155,9 @@ class OperatingPoint:
     Attributes:
         model: Model name.
         threshold: Verdict "fake" when the (calibrated) score is >= this.
-        rule: How the threshold was chosen: "fixed", "balanced_accuracy" or "fpr".
+        rule: Where the threshold came from: "model" (the model's own operating threshold),
+            "user" (the user's), "fixed" (0.5, the model has none), "balanced_accuracy" or "fpr"
+            (fitted on labelled images).
         target_fpr: The false-positive rate aimed at (rule "fpr").
         calibration: Score calibration applied before the threshold, or None.
         fitted_on: Which labelled images the threshold and calibration were fitted on.
@@ -158,7 +167,7 @@ class OperatingPoint:
 
     model: str
     threshold: float = DEFAULT_THRESHOLD
-    rule: ThresholdRule = "fixed"
+    rule: RecordedRule = "fixed"
     target_fpr: float | None = None
     calibration: ScoreCalibration | None = None
     fitted_on: str = ""
@@ -176,11 +185,23 @@ class OperatingPoint:
             text = f"FPR <= {self.target_fpr:.1%} ({self.threshold:.3f})"
         elif self.rule == "balanced_accuracy":
             text = f"max balanced accuracy ({self.threshold:.3f})"
+        elif self.rule == "model":
+            text = f"model's own {self.threshold:.3f}"
+        elif self.rule == "user":
+            text = f"user {self.threshold:.3f}"
         else:
             text = f"fixed {self.threshold:.3f}"
         if self.calibration:
             text += f", {self.calibration.method} scaling"
         return text
+
+    @property
+    def label_rule(self) -> str:
+        """The verdict rule as a result table's ``label_rule`` column words it, e.g. "threshold
+        0.5291 (model)"."""
+        source = f"{self.rule}, {self.calibration.method} scaling" if self.calibration \
+            else self.rule
+        return f"threshold {self.threshold:g} ({source})"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

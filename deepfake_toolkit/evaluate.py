@@ -41,6 +41,7 @@ from .calibration import (
     OperatingPoint,
     ScoreCalibration,
     ThresholdRule,
+    UNFITTED_RULES,
     choose_threshold,
     load_operating_points,
     save_operating_points,
@@ -61,6 +62,7 @@ from .results import COLUMNS, Threshold, read_csv, write_csv
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
+    from .models import Detector
     from .pipeline import ModelArg
 
 __all__ = [
@@ -369,29 +371,50 @@ def file_facts(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
 # Scoring
 
 
+def load_detectors(model: ModelArg = "default",
+                   weights_dir: str | os.PathLike[str] | None = None,
+                   device: str = "auto") -> list[Detector]:
+    """Load each named model once for a whole job (loaded detectors pass through as they are).
+
+    Args:
+        model: A registry name, a loaded detector, or a list of them.
+        weights_dir: Folder searched first for weight files.
+        device: "auto", "cpu" or "cuda".
+    """
+    from .pipeline import _as_detectors
+
+    return _as_detectors(model, weights_dir, device)
+
+
 def score_labelled(
     labelled: pd.DataFrame,
     model: ModelArg = "default",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
     perturbations: Sequence[Perturbation] = (),
+    threshold: float | None = None,
     **classify_options: Any,
 ) -> pd.DataFrame:
     """Score labelled images once with every model, clean and under each perturbation.
 
+    Each named model is loaded once (see :func:`load_detectors`) and scores every condition.
+
     Args:
         labelled: A table from :func:`label_files` (path, true_label, subset).
         model: A registry name, a loaded detector, or a list of them.
-        face_crop: Score face crops (True) or whole images (False).
+        face_crop: Score face crops (True) or whole images (False); None: as each model's own
+            policy says (``detector.scoring``).
         perturbations: Robustness conditions, each applied to every image of both classes after
             decoding and before face detection (e.g. :data:`ROBUSTNESS_SUITE`).
+        threshold: A threshold of the user's, recorded as every model's operating point; None
+            records each model's own (see :func:`default_operating_points`).
         **classify_options: Passed to :func:`~deepfake_toolkit.pipeline.classify_files`
             (no_face, batch_size, device, num_workers, weights_dir, progress, provenance, ...);
             ``stability=True`` checks the unperturbed images only.
 
     Returns:
         The per-image table: :data:`PER_IMAGE_COLUMNS`, one row per image, model and perturbation,
-        with the default operating point (threshold 0.5, or the model's own) filled in.
+        with each model's default operating point filled in.
     """
     from .pipeline import classify_files
 
@@ -400,12 +423,16 @@ def score_labelled(
                          "write_per_image")
     labelled = _check_label_table(labelled)
     files = list(labelled["path"])
+    detectors = load_detectors(model, classify_options.get("weights_dir"),
+                               classify_options.get("device", "auto"))
+    if face_crop is not None:
+        classify_options["face_crop"] = face_crop
     # The stability check re-encodes the clean images itself; perturbed copies skip it.
     stability = bool(classify_options.pop("stability", False))
     frames = []
     for perturbation in (None, *perturbations):
-        frame = classify_files(files, model=model, face_crop=face_crop, perturb=perturbation,
-                               stability=stability and perturbation is None,
+        frame = classify_files(files, model=detectors, perturb=perturbation,
+                               threshold=threshold, stability=stability and perturbation is None,
                                **classify_options)
         frame["perturbation"] = perturbation_name(perturbation)
         frames.append(frame)
@@ -414,29 +441,29 @@ def score_labelled(
     truth = labelled.assign(path=[str(Path(p).expanduser()) for p in labelled["path"]])
     facts = file_facts(truth["path"])
     table = scored.merge(truth, on="path", how="left").merge(facts, on="path", how="left")
-    return apply_operating_points(table, default_operating_points(table["model"].unique()))
+    return apply_operating_points(table, default_operating_points(detectors, threshold))
 
 
 # --------------------------------------------------------------------------------------------
 # Thresholds and calibration on per-image tables
 
 
-def _model_threshold(model: str) -> float:
-    from .models import UnknownModelError, get_spec
-
-    try:
-        threshold = get_spec(model).threshold
-    except UnknownModelError:
-        return DEFAULT_THRESHOLD
-    return DEFAULT_THRESHOLD if threshold is None else float(threshold)
-
-
-def default_operating_points(models: Iterable[str],
+def default_operating_points(models: Iterable[str | Detector],
                              threshold: float | None = None) -> dict[str, OperatingPoint]:
-    """Fixed thresholds, no calibration: ``threshold``, else the model's own operating threshold
-    (its spec's), else 0.5."""
-    return {m: OperatingPoint(m, threshold if threshold is not None else _model_threshold(m))
-            for m in models}
+    """Each model's operating point when nothing is fitted: ``threshold`` (rule "user"), else
+    the loaded model's own operating threshold (``detector.scoring``, rule "model"), else 0.5
+    (rule "fixed": a model without one, or a bare name whose model is not at hand)."""
+    points = {}
+    for model in models:
+        name = model if isinstance(model, str) else model.name
+        own = None if isinstance(model, str) else model.scoring.threshold
+        if threshold is not None:
+            points[name] = OperatingPoint(name, float(threshold), "user")
+        elif own is not None:
+            points[name] = OperatingPoint(name, float(own), "model")
+        else:
+            points[name] = OperatingPoint(name, DEFAULT_THRESHOLD, "fixed")
+    return points
 
 
 def fit_operating_points(
@@ -447,6 +474,7 @@ def fit_operating_points(
     threshold: float | None = None,
     calibration: CalibrationMethod | None = None,
     fitted_on: str = "",
+    defaults: Mapping[str, OperatingPoint] | None = None,
 ) -> dict[str, OperatingPoint]:
     """Fit each model's calibration (optional) and then its threshold on labelled scores.
 
@@ -455,11 +483,14 @@ def fit_operating_points(
     Args:
         per_image: A per-image table (:func:`score_labelled`) of the tuning images.
         rule: "balanced_accuracy" (maximise it), "fpr" (highest TPR at FPR <= ``target_fpr``) or
-            "fixed" (``threshold``, or the model's own, or 0.5).
+            "fixed" (no fitted threshold: ``threshold``, else the model's own, else 0.5).
         target_fpr: False-positive rate for rule "fpr".
-        threshold: The threshold for rule "fixed".
+        threshold: The user's threshold for rule "fixed".
         calibration: None, "temperature" or "platt".
         fitted_on: Where the images came from, recorded with each operating point.
+        defaults: Each model's own operating point, kept by rule "fixed" without a
+            ``threshold`` (see :func:`default_operating_points`); None takes those recorded in
+            ``per_image`` by :func:`score_labelled`.
 
     Returns:
         Model name -> :class:`OperatingPoint`.
@@ -471,6 +502,8 @@ def fit_operating_points(
         raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, not {rule!r}")
     if rule == "fpr" and not 0.0 <= target_fpr <= 1.0:
         raise ValueError(f"target FPR must lie in [0, 1], got {target_fpr}")
+    if defaults is None:
+        defaults = model_operating_points(per_image)
     points = {}
     for model, rows in _clean_scored(per_image).groupby("model", sort=False):
         y_true = (rows["true_label"] == FAKE).to_numpy(int)
@@ -480,12 +513,16 @@ def fit_operating_points(
                              "images need scored real and fake images")
         fitted = ScoreCalibration.fit(y_true, raw, calibration) if calibration else None
         scores = fitted(raw) if fitted else raw
-        if rule == "fixed":
-            value = threshold if threshold is not None else _model_threshold(str(model))
+        if rule != "fixed":
+            value, recorded = choose_threshold(y_true, scores,
+                                               target_fpr if rule == "fpr" else None), rule
+        elif threshold is not None:
+            value, recorded = threshold, "user"
         else:
-            value = choose_threshold(y_true, scores, target_fpr if rule == "fpr" else None)
+            own = defaults.get(str(model)) or default_operating_points([str(model)])[str(model)]
+            value, recorded = own.threshold, own.rule
         points[str(model)] = OperatingPoint(
-            model=str(model), threshold=float(value), rule=rule,
+            model=str(model), threshold=float(value), rule=recorded,
             target_fpr=target_fpr if rule == "fpr" else None, calibration=fitted,
             fitted_on=fitted_on, n_real=int((y_true == 0).sum()), n_fake=int(y_true.sum()))
     return points
@@ -524,6 +561,8 @@ def apply_operating_points(per_image: pd.DataFrame,
              "n_real": point.n_real, "n_fake": point.n_fake})
         table.loc[index, "calibration"] = (json.dumps(point.calibration.to_dict())
                                            if point.calibration else "")
+        if "label_rule" in table:
+            table.loc[index, "label_rule"] = point.label_rule
         scored = ~np.isnan(used)
         verdict = Threshold(point.threshold)
         table.loc[index[scored], "label"] = [verdict(v) for v in used[scored]]
@@ -547,6 +586,13 @@ def operating_points_from_table(per_image: pd.DataFrame) -> dict[str, OperatingP
             "model": model, "threshold": threshold, **rule,
             "calibration": json.loads(calibration) if calibration else None})
     return points
+
+
+def model_operating_points(per_image: pd.DataFrame) -> dict[str, OperatingPoint]:
+    """The operating points a per-image table records that were not fitted (rules "model",
+    "user" and "fixed"): what :func:`fit_operating_points` keeps for rule "fixed"."""
+    return {model: point for model, point in operating_points_from_table(per_image).items()
+            if point.rule in UNFITTED_RULES}
 
 
 # --------------------------------------------------------------------------------------------
@@ -998,7 +1044,7 @@ def evaluate_directory(
     root: str | os.PathLike[str],
     model: ModelArg = "default",
     labels: LabelsArg = "folder",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
     robustness: bool | Sequence[Perturbation] = False,
     operating_points: Mapping[str, OperatingPoint] | str | os.PathLike[str] | None = None,
@@ -1020,7 +1066,8 @@ def evaluate_directory(
         root: Folder of labelled images.
         model: A registry name, a loaded detector, or a list of them.
         labels: How true labels are found (see :func:`label_files`).
-        face_crop: Score face crops (True) or whole images (False).
+        face_crop: Score face crops (True) or whole images (False); None: as each model's own
+            policy says.
         robustness: True for :data:`ROBUSTNESS_SUITE`, or a list of perturbations.
         operating_points: Saved thresholds/calibrations to apply (a mapping or a JSON path from
             :func:`save_operating_points`); excludes fitting new ones.
@@ -1030,7 +1077,8 @@ def evaluate_directory(
         tune_labels: How ``tune_on``'s labels are found (default: as ``labels`` for "folder" and
             "prefix", else "folder").
         threshold_rule: "fixed", "balanced_accuracy" or "fpr" (see :func:`fit_operating_points`).
-        threshold: The threshold for rule "fixed" (default: the model's own, else 0.5).
+        threshold: The user's threshold for rule "fixed" (default: the loaded model's own
+            operating threshold, else 0.5).
         target_fpr: False-positive rate for rule "fpr".
         calibration: None, "temperature" or "platt".
         recursive: Search sub-folders.
@@ -1038,6 +1086,8 @@ def evaluate_directory(
         seed: Seed of the bootstrap.
         n_bins: Bins of the reliability data and the ECE.
         **classify_options: Passed to :func:`~deepfake_toolkit.pipeline.classify_files`.
+
+    Each named model is loaded once and scores the folder, every perturbation and ``tune_on``.
 
     Returns:
         An :class:`Evaluation`; call ``.write(folder)`` for the report.
@@ -1055,19 +1105,21 @@ def evaluate_directory(
             operating_points = load_operating_points(operating_points)  # fail before scoring
     perturbations = ROBUSTNESS_SUITE if robustness is True else tuple(robustness or ())
     labelled = label_files(root, labels, recursive=recursive)
-    per_image = score_labelled(labelled, model, face_crop, perturbations=perturbations,
-                               **classify_options)
+    detectors = load_detectors(model, classify_options.get("weights_dir"),
+                               classify_options.get("device", "auto"))
+    per_image = score_labelled(labelled, detectors, face_crop, perturbations=perturbations,
+                               threshold=threshold, **classify_options)
     if tune_labels is None:
         tune_labels = labels if isinstance(labels, str) and labels in ("folder", "prefix") \
             else "folder"
     points, notes = resolve_operating_points(
         per_image, operating_points=operating_points, tune_on=tune_on, tune_labels=tune_labels,
         threshold_rule=threshold_rule, threshold=threshold, target_fpr=target_fpr,
-        calibration=calibration, model=model, face_crop=face_crop, recursive=recursive,
+        calibration=calibration, model=detectors, face_crop=face_crop, recursive=recursive,
         **classify_options)
     settings = {"root": str(root),
                 "labels": "table" if isinstance(labels, pd.DataFrame) else str(labels),
-                "face_crop": face_crop,
+                "face_crop": bool(per_image["face_crop"].fillna(False).astype(bool).any()),
                 "perturbations": [perturbation_name(p) for p in perturbations]}
     return evaluate_table(per_image, points, n_bootstrap=n_bootstrap, seed=seed, n_bins=n_bins,
                           notes=notes, settings=settings)
@@ -1084,7 +1136,7 @@ def resolve_operating_points(
     target_fpr: float = 0.05,
     calibration: CalibrationMethod | None = None,
     model: ModelArg | None = None,
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     recursive: bool = True,
     **classify_options: Any,
 ) -> tuple[dict[str, OperatingPoint] | None, list[str]]:
@@ -1096,8 +1148,11 @@ def resolve_operating_points(
         tune_on: Where to fit: a labelled folder (scored with ``model``), a per-image CSV, or a
             per-image table; None fits on ``per_image`` itself (and says so in a note).
         tune_labels: How ``tune_on``'s labels are found when it is a folder.
-        threshold_rule, threshold, target_fpr, calibration: See :func:`fit_operating_points`.
-        model: Models to score ``tune_on`` with (default: the models of ``per_image``).
+        threshold_rule, threshold, target_fpr, calibration: See :func:`fit_operating_points`;
+            rule "fixed" without a threshold keeps the models' own operating points recorded in
+            ``per_image``.
+        model: Models to score ``tune_on`` with, best loaded ones (default: load the models of
+            ``per_image`` by name).
         face_crop, recursive, **classify_options: How to score ``tune_on``.
 
     Returns:
@@ -1139,5 +1194,5 @@ def resolve_operating_points(
         raise ValueError(f"the tuning images have no scores from {', '.join(sorted(missing))}")
     points = fit_operating_points(tuning, rule=threshold_rule, target_fpr=target_fpr,
                                   threshold=threshold, calibration=calibration,
-                                  fitted_on=fitted_on)
+                                  fitted_on=fitted_on, defaults=model_operating_points(per_image))
     return {m: points[m] for m in models}, notes

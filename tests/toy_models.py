@@ -50,6 +50,21 @@ class BrightPatchScore(nn.Module):
         return self.head(features.mean(dim=(2, 3)))
 
 
+class BrightnessScore(nn.Module):
+    """One logit = weight * mean brightness + bias (a linear layer, so it has weights to save):
+    with the defaults an image of mean grey level 128 scores 0.5 and brighter ones more."""
+
+    def __init__(self, weight: float = 8.0, bias: float = -4.0) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.head.weight.fill_(weight)
+            self.head.bias.fill_(bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(images.mean(dim=(1, 2, 3)).unsqueeze(1))
+
+
 def toy_detector(module: nn.Module, name: str, input_size: int = 64,
                  threshold: float | None = 0.5, explain_layer=None) -> Detector:
     """A :class:`Detector` around ``module`` (inputs in [0, 1], sigmoid = P(fake))."""
