@@ -1,57 +1,22 @@
 """Interactive figures of classification results for notebooks (plotly).
 
-Labels are "known" when an image lies in a folder named ``real`` or ``fake`` (as in the sample
-folder that :func:`deepfake_toolkit.samples.write_samples` writes): figures then colour scores by
+Labels are "known" when an image lies in a folder named ``real`` or ``fake`` (see
+:func:`deepfake_toolkit.labels.known_label`; the sample folder that
+:func:`deepfake_toolkit.samples.write_samples` writes is one): figures then colour scores by
 the known label, so a user sees at a glance where a model separates the two.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
-KNOWN_LABEL_FOLDERS: dict[str, str] = {"real": "real", "fake": "fake"}
-"""Folder names (lower case) that give an image a known label, and the label they give."""
+from .labels import with_known_labels
 
 LABEL_COLOURS: dict[str, str] = {"real": "#2c7fb8", "fake": "#d95f0e", "unknown": "#7f7f7f",
                                  "all": "#4c72b0"}
 """Colours of the known labels in every figure ("all" when no label is known)."""
-
-
-def known_label(path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> str:
-    """The label given by a ``real`` or ``fake`` folder on the way to ``path``, else "".
-
-    Args:
-        path: An image file.
-        root: Only folders below this one count (so a case folder that happens to be called
-            "fake" does not label everything in it); None: every folder counts.
-
-    Returns:
-        "real", "fake", or "" when no folder names a label (the nearest such folder wins).
-    """
-    path = Path(path)
-    folders = path.parent.parts
-    if root is not None:
-        try:
-            folders = path.parent.relative_to(Path(root)).parts
-        except ValueError:
-            pass
-    for folder in reversed(folders):
-        label = KNOWN_LABEL_FOLDERS.get(folder.lower())
-        if label:
-            return label
-    return ""
-
-
-def with_known_labels(table: pd.DataFrame,
-                      root: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """A copy of a result table with a ``known_label`` column from the folder names."""
-    labelled = table.copy()
-    labelled["known_label"] = [known_label(path, root) for path in labelled["path"]]
-    return labelled
 
 
 def score_histogram(table: pd.DataFrame, bins: int = 20, widget: bool = False,

@@ -26,9 +26,10 @@ import ipywidgets as widgets
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .explore_plots import LABEL_COLOURS, score_histogram, with_known_labels
+from .explore_plots import LABEL_COLOURS, score_histogram
 from .faces import NO_FACE_POLICIES, FaceCropConfig, crop_window
 from .images import ImageReadError, find_images, load_image, printable_path
+from .labels import with_known_labels
 from .models import list_models, weights_available
 from .evidence import EVIDENCE_CAVEAT, MANIFEST_STATUSES
 from .pipeline import classify_files

@@ -19,24 +19,16 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit import cli, plots
-from deepfake_toolkit.evaluate import (
-    ALL_IMAGES,
-    PER_IMAGE_COLUMNS,
+from deepfake_toolkit.confounds import (
     ConfoundWarning,
-    LabelError,
-    apply_operating_points,
     confound_check,
     estimate_jpeg_quality,
-    evaluate_directory,
-    evaluate_table,
     file_facts,
-    fit_operating_points,
-    folder_label,
-    label_files,
-    read_per_image,
-    score_labelled,
-    write_per_image,
 )
+from deepfake_toolkit.evaluate import evaluate_directory, evaluate_table, score_labelled
+from deepfake_toolkit.labels import ALL_IMAGES, LabelError, folder_label, label_files
+from deepfake_toolkit.operating_points import apply_operating_points, fit_operating_points
+from deepfake_toolkit.per_image import PER_IMAGE_COLUMNS, read_per_image, write_per_image
 from deepfake_toolkit.perturbations import (
     ROBUSTNESS_SUITE,
     Downscale,
