@@ -10,7 +10,6 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,8 @@ from deepfake_toolkit.perturbations import (
     GaussianBlur,
     JpegCompression,
 )
+
+from .toy_models import OWN_THRESHOLD, THRESHOLDED_MODEL
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -416,47 +417,6 @@ def test_evaluate_directory_fits_on_a_tuning_folder(tiny_folder, random_default_
 # --------------------------------------------------------------------------------------------
 # The loaded model's own operating point
 
-OWN_THRESHOLD = 0.7
-"""The operating threshold the toy model's weight file records (its registered spec has none)."""
-
-
-@pytest.fixture(scope="module")
-def graded_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Flat grey images whose brightness sets the toy model's score: some between 0.5 and
-    :data:`OWN_THRESHOLD`, so labels at the model's threshold differ from labels at 0.5."""
-    root = tmp_path_factory.mktemp("graded")
-    for label, levels in (("real", (70, 110, 130, 150)), ("fake", (100, 140, 160, 200))):
-        for level in levels:
-            (root / label).mkdir(exist_ok=True)
-            Image.new("RGB", (40, 40), (level,) * 3).save(root / label / f"g{level}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def thresholded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A registered toy model scoring the whole image; its weight file records
-    :data:`OWN_THRESHOLD`. Yields the weights folder."""
-    import dataclasses
-
-    from deepfake_toolkit.models import (ModelSpec, Preprocess, WeightFile, register_model,
-                                         save_weights, unregister_model)
-    from deepfake_toolkit.models.weights import load_safetensors
-
-    from .toy_models import BrightnessScore
-
-    spec = ModelSpec(name="toy_brightness", description="toy: brighter is faker",
-                     build=BrightnessScore, load_state_dict=load_safetensors,
-                     preprocess=Preprocess(input_size=16), output="sigmoid_fake",
-                     weights=(WeightFile("toy_brightness.safetensors"),), threshold=None,
-                     face_crop=None)
-    folder = tmp_path_factory.mktemp("toy-weights")
-    save_weights(dataclasses.replace(spec, threshold=OWN_THRESHOLD),
-                 BrightnessScore().state_dict(), folder / "toy_brightness.safetensors")
-    register_model(spec)
-    yield folder
-    unregister_model("toy_brightness")
-
-
 def _labels_by_path(table: pd.DataFrame) -> dict[str, str]:
     clean = table[table["perturbation"] == "none"] if "perturbation" in table else table
     return dict(zip(clean["path"].map(str), clean["label"]))
@@ -470,8 +430,8 @@ def test_evaluate_labels_as_classify_does(graded_folder, thresholded_model, thre
     options = dict(face_crop=False, weights_dir=thresholded_model, progress=False,
                    num_workers=0)
     files = label_files(graded_folder)["path"]
-    classified = classify_files(files, "toy_brightness", threshold=threshold, **options)
-    evaluation = evaluate_directory(graded_folder, "toy_brightness", threshold=threshold,
+    classified = classify_files(files, THRESHOLDED_MODEL, threshold=threshold, **options)
+    evaluation = evaluate_directory(graded_folder, THRESHOLDED_MODEL, threshold=threshold,
                                     n_bootstrap=0, **options)
 
     expected = OWN_THRESHOLD if threshold is None else threshold
@@ -480,14 +440,14 @@ def test_evaluate_labels_as_classify_does(graded_folder, thresholded_model, thre
     at_half = {p: "fake" if s >= 0.5 else "real"
                for p, s in zip(classified["path"].map(str), classified["fake_score"])}
     assert labels != at_half  # the toy scores make the threshold matter
-    point = evaluation.operating_points["toy_brightness"]
+    point = evaluation.operating_points[THRESHOLDED_MODEL]
     assert (point.threshold, point.rule) == (pytest.approx(expected), rule)
     written = evaluation.write(tmp_path / "report")
     per_image = read_per_image(written["per_image"])
     assert per_image["threshold"].tolist() == pytest.approx([expected] * len(per_image))
     assert {json.loads(r)["rule"] for r in per_image["threshold_rule"]} == {rule}
     document = json.loads(written["metrics_json"].read_text())
-    assert document["operating_points"]["toy_brightness"]["rule"] == rule
+    assert document["operating_points"][THRESHOLDED_MODEL]["rule"] == rule
 
 
 def test_evaluate_loads_each_model_once(graded_folder, thresholded_model, monkeypatch):
@@ -502,10 +462,10 @@ def test_evaluate_loads_each_model_once(graded_folder, thresholded_model, monkey
     for module in (models, pipeline):
         monkeypatch.setattr(module, "load_model", counting_load)
     evaluation = evaluate_directory(
-        graded_folder, "toy_brightness", face_crop=False, robustness=True,
+        graded_folder, THRESHOLDED_MODEL, face_crop=False, robustness=True,
         tune_on=graded_folder, threshold_rule="balanced_accuracy",
         weights_dir=thresholded_model, progress=False, num_workers=0, n_bootstrap=0)
-    assert loaded == ["toy_brightness"]
+    assert loaded == [THRESHOLDED_MODEL]
     assert set(evaluation.per_image["perturbation"]) == {"none", *(
         p.name for p in ROBUSTNESS_SUITE)}
 

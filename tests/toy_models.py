@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from deepfake_toolkit.models import Detector, ModelSpec, Preprocess, WeightFile
+from PIL import Image
+
+from deepfake_toolkit.models import Detector, ModelSpec, Preprocess, WeightFile, save_weights
+from deepfake_toolkit.models.weights import load_safetensors
 
 
 class DetailScore(nn.Module):
@@ -76,3 +80,35 @@ def toy_detector(module: nn.Module, name: str, input_size: int = 64,
         threshold=threshold, explain_layer=explain_layer)
     return Detector(spec=spec, module=module.eval(), device=torch.device("cpu"),
                     weights_path=Path(f"{name}.safetensors"))
+
+
+THRESHOLDED_MODEL = "toy_brightness"
+"""Registry name of :func:`thresholded_spec`'s model."""
+OWN_THRESHOLD = 0.7
+"""The operating threshold the weight file of :data:`THRESHOLDED_MODEL` records."""
+
+
+def thresholded_spec() -> ModelSpec:
+    """A :class:`BrightnessScore` model scoring the whole image, registered without a threshold
+    (its weight file, see :func:`save_thresholded_weights`, records :data:`OWN_THRESHOLD`)."""
+    return ModelSpec(name=THRESHOLDED_MODEL, description="toy: brighter is faker",
+                     build=BrightnessScore, load_state_dict=load_safetensors,
+                     preprocess=Preprocess(input_size=16), output="sigmoid_fake",
+                     weights=(WeightFile(f"{THRESHOLDED_MODEL}.safetensors"),), threshold=None,
+                     face_crop=None)
+
+
+def save_thresholded_weights(folder: Path) -> Path:
+    """Write the weights of :func:`thresholded_spec` with :data:`OWN_THRESHOLD` recorded."""
+    spec = dataclasses.replace(thresholded_spec(), threshold=OWN_THRESHOLD)
+    return save_weights(spec, BrightnessScore().state_dict(), folder / spec.weights[0].filename)
+
+
+def write_graded_images(root: Path) -> None:
+    """Flat grey images under real/ and fake/ whose brightness sets :class:`BrightnessScore`'s
+    score: some score between 0.5 and :data:`OWN_THRESHOLD`, so labels at the model's own
+    threshold differ from labels at 0.5."""
+    for label, levels in (("real", (70, 110, 130, 150)), ("fake", (100, 140, 160, 200))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for level in levels:
+            Image.new("RGB", (40, 40), (level,) * 3).save(root / label / f"g{level}.png")
