@@ -276,7 +276,8 @@ class Evaluation:
         figures = {
             "roc": plots.roc_figure(clean, score_column="score"),
             "pr": plots.pr_figure(clean, score_column="score"),
-            "histogram": plots.score_histogram_figure(clean, score_column="score"),
+            "histogram": plots.score_histogram(clean, score_column="score", normalise=True,
+                                               title="Score distributions per class"),
             "reliability": plots.reliability_figure(self.reliability),
             "confusion": plots.confusion_figure(self.overall),
         }

@@ -26,13 +26,13 @@ import ipywidgets as widgets
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .explore_plots import LABEL_COLOURS, score_histogram
 from .faces import NO_FACE_POLICIES, FaceCropConfig, crop_window
 from .images import ImageReadError, find_images, load_image, printable_path
 from .labels import with_known_labels
 from .models import Detector, list_models, load_model, weights_available
 from .evidence import EVIDENCE_CAVEAT, MANIFEST_STATUSES
 from .pipeline import classify_files
+from .plots import LABEL_COLOURS, score_histogram
 from .results import results_frame, text_series, write_csv
 from .scoring import Scoring
 from .stability import relabel
@@ -259,7 +259,7 @@ class Explorer(widgets.VBox):
         self.table = widgets.HTML(layout=widgets.Layout(max_height="360px", overflow="auto"))
         self.gallery = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap"))
         self.gallery_caption = widgets.HTML()
-        self.figure = score_histogram(self.results, widget=True)
+        self.figure = score_histogram(self.results, label_column="known_label", widget=True)
         self.figure_box = widgets.VBox([self.figure])
         self.csv_path = widgets.Text(value=str(Path.cwd() / "deepfake_scores.csv"),
                                      description="CSV file", layout=widgets.Layout(width="60%"))
@@ -658,7 +658,7 @@ class Explorer(widgets.VBox):
     def _render_figure(self) -> None:
         with self._lock:
             table = self.results
-        figure = score_histogram(table, widget=True)
+        figure = score_histogram(table, label_column="known_label", widget=True)
         for trace in figure.data:
             trace.on_selection(self._on_histogram_selection)
         self.figure = figure

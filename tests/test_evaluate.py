@@ -339,7 +339,9 @@ def test_plot_functions_on_plain_tables():
     roc = plots.roc_figure(frame)
     assert [t.name for t in roc.data] == ["a (AUC 0.750)", "b (AUC 1.000)", "chance"]
     assert len(plots.pr_figure(frame).data) == 2
-    assert len(plots.score_histogram_figure(frame).data) == 4
+    histogram = plots.score_histogram(frame)
+    assert [(t.name, t.meta["model"], len(t.x)) for t in histogram.data] == [
+        ("real", "a", 2), ("fake", "a", 2), ("real", "b", 2), ("fake", "b", 2)]
     single = plots.roc_figure(frame, group_column=None, log_fpr=True)
     assert len(single.data) == 1 and single.layout.xaxis.type == "log"
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from plotly.callbacks import BoxSelector, Points
 
-from deepfake_toolkit.explore_plots import score_histogram
 from deepfake_toolkit.images import find_images
 from deepfake_toolkit.labels import known_label
+from deepfake_toolkit.plots import score_histogram
 from deepfake_toolkit.models import WeightFile, get_spec, register_model, unregister_model
 from deepfake_toolkit.results import read_csv
 from deepfake_toolkit.widgets import Explorer, model_options
