@@ -30,5 +30,6 @@ classify: install
 	@test -n "$(DIR)" || { echo "usage: make classify DIR=path/to/images [OUT=scores.csv]"; exit 2; }
 	$(BIN)/deepfake-toolkit classify "$(DIR)" -o "$(OUT)" $(ARGS)
 
+# -rs lists every skipped test with its reason.
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs

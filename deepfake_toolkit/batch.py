@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -123,9 +123,11 @@ def run_batch(
     models: Sequence[str] = ("default",),
     *,
     models_together: bool = False,
-    face_crop: bool = True,
-    no_face: str = "whole",
+    face_crop: bool | None = None,
+    no_face: str | None = None,
+    face_config: Mapping[str, Any] | None = None,
     threshold: float | None = None,
+    bands: bool | None = None,
     kernel_name: str | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -139,9 +141,10 @@ def run_batch(
         output_dir: Where the executed notebooks, the CSVs and ``batch_runs.csv`` go.
         models: Model names; each gets its own run unless ``models_together``.
         models_together: One run per folder scoring with all ``models`` at once.
-        face_crop: Score face crops (True) or whole images.
-        no_face: With face crops, "whole" or "skip" for images without a face.
-        threshold: Label "fake" when fake_score >= threshold; None uses the model's default.
+        face_crop, no_face, face_config, threshold, bands: Overrides of each model's scoring
+            policy, as for :func:`~deepfake_toolkit.pipeline.classify_files` (None: the
+            model's own); ``face_config`` is a mapping of the face-crop settings to change
+            (it travels to the notebook as a papermill parameter).
         kernel_name: Jupyter kernel to run in (default: the notebook's, i.e. this Python).
         progress: Show papermill's cell progress bar.
 
@@ -169,7 +172,8 @@ def run_batch(
             name = next(names)
             executed, csv = out / f"{name}.ipynb", out / f"{name}.csv"
             parameters = {"input_dir": str(folder), "models": group, "face_crop": face_crop,
-                          "no_face": no_face, "threshold": threshold, "output_dir": str(out),
+                          "no_face": no_face, "face_config": dict(face_config or {}) or None,
+                          "threshold": threshold, "bands": bands, "output_dir": str(out),
                           "run_name": name}
             csv.unlink(missing_ok=True)
             status, error = "ok", ""

@@ -7,6 +7,7 @@ import csv
 import os
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,25 +21,70 @@ class UsageError(Exception):
     """A mistake in the command line that the user can fix; printed without a traceback."""
 
 
-def _add_face_options(parser: argparse.ArgumentParser, skip: str) -> None:
-    """--no-face-crop, --no-face and --face-detector; ``skip`` says what "skip" does here."""
-    parser.add_argument("--no-face-crop", action="store_true",
-                        help="score whole images instead of face crops")
-    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
-                        help="with face crop, what to do when no face is found: score the whole "
-                             f"image (default) or {skip}")
-    parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn",
-                        help="face detector: mtcnn (default; the default model was trained on "
-                             "its crops) or retinaface (about 10x faster on a CPU; needs "
-                             "pip install 'deepfake-toolkit[retinaface]')")
+def _add_scoring_options(parser: argparse.ArgumentParser, skip: str,
+                         labels: bool = True) -> None:
+    """The scoring policy's overrides (see :class:`~deepfake_toolkit.scoring.Scoring`): the
+    region (--face-crop / --no-face-crop, --no-face and every face-crop setting) and, with
+    ``labels``, the label rule (--threshold, --bands). Unset, each is the model's own. ``skip``
+    says what --no-face skip does here."""
+    from .faces import FACE_DETECTORS, NO_FACE_POLICIES
+    from .scoring import HELP
+
+    group = parser.add_argument_group(
+        "scoring", "How images are scored; every option left out is as the model was trained "
+                   "and validated (see 'deepfake-toolkit models').")
+    group.add_argument("--face-crop", action=argparse.BooleanOptionalAction, default=None,
+                       help=HELP["face_crop"])
+    group.add_argument("--no-face", choices=NO_FACE_POLICIES, default=None,
+                       help=HELP["no_face"].format(skip=skip))
+    group.add_argument("--face-detector", choices=FACE_DETECTORS, dest="detector",
+                       help=HELP["detector"])
+    group.add_argument("--margin", type=float, metavar="F", help=HELP["margin"])
+    group.add_argument("--square", action=argparse.BooleanOptionalAction, default=None,
+                       help=HELP["square"])
+    group.add_argument("--min-face-size", type=int, metavar="PX", help=HELP["min_face_size"])
+    group.add_argument("--min-prob", type=float, metavar="P", help=HELP["min_prob"])
+    group.add_argument("--select", choices=("largest", "probable", "all"),
+                       help=HELP["select"])
+    group.add_argument("--edge", choices=("fit", "pad"), help=HELP["edge"])
+    group.add_argument("--detect-max-side", type=int, metavar="PX",
+                       help=HELP["detect_max_side"])
+    if labels:
+        group.add_argument("--threshold", type=float, metavar="T", help=HELP["threshold"])
+        group.add_argument("--bands", action="store_true", default=None, help=HELP["bands"])
 
 
-def _face_config(args: argparse.Namespace):
-    """The :class:`FaceCropConfig` the face options ask for (a missing detector package exits 2
-    when the face cropper is made: :class:`~deepfake_toolkit.faces.FaceDetectorMissing`)."""
+FACE_SETTINGS = ("detector", "margin", "square", "min_face_size", "min_prob", "select", "edge",
+                 "detect_max_side")
+"""The face-crop settings the CLI exposes as options (every field of FaceCropConfig)."""
+
+
+def _scoring_overrides(args: argparse.Namespace) -> dict:
+    """The overrides of the models' scoring policies the options ask for (None: the model's
+    own), as :func:`~deepfake_toolkit.pipeline.classify_files` takes them.
+
+    Raises:
+        UsageError: A value out of range.
+    """
     from .faces import FaceCropConfig
 
-    return FaceCropConfig(detector=args.face_detector)
+    face = {key: getattr(args, key) for key in FACE_SETTINGS
+            if getattr(args, key, None) is not None}
+    if face.get("detect_max_side") == 0:
+        face["detect_max_side"] = None
+    for key, low, high in (("margin", 0.0, 10.0), ("min_prob", 0.0, 1.0),
+                           ("min_face_size", 0, 100_000), ("detect_max_side", 16, 100_000)):
+        if face.get(key) is not None and not low <= face[key] <= high:
+            raise UsageError(f"--{key.replace('_', '-')} must lie between {low} and {high}")
+    try:
+        FaceCropConfig(**face)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UsageError("--threshold must lie between 0 and 1")
+    return dict(face_crop=args.face_crop, face_config=face or None, no_face=args.no_face,
+                threshold=threshold, bands=getattr(args, "bands", None) or None)
 
 
 def _add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +111,7 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.parquet",
                         help="table to write: CSV, or Parquet when the name ends in .parquet "
                              "(default: deepfake_scores.csv in the current folder)")
-    _add_face_options(parser, skip="skip the file")
-    parser.add_argument("--threshold", type=float, metavar="T",
-                        help="label fake when fake_score >= T (default: the model's operating "
-                             "threshold if it has one, else five score bands)")
-    parser.add_argument("--bands", action="store_true",
-                        help="label with the five score bands even if the model has a threshold")
+    _add_scoring_options(parser, skip="'skip' records the file with label 'no face'")
     _add_evidence_options(parser)
     _add_engine_options(parser)
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -119,8 +160,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         raise UsageError(f"{directory} {what}")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold must lie between 0 and 1")
+    overrides = _scoring_overrides(args)
     if args.stability and args.engine == "ray":
         raise UsageError("--stability runs on the local engine only: drop --engine ray")
     if args.ray_address and args.engine != "ray":
@@ -144,9 +184,7 @@ def _run_classify(args: argparse.Namespace) -> int:
         print(f"No image files found in {directory}.", file=sys.stderr)
     try:
         frame = classify_files(
-            files, model=models, face_crop=not args.no_face_crop, no_face=args.no_face,
-            face_config=_face_config(args), threshold=args.threshold, bands=args.bands,
-            batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+            files, model=models, **overrides, batch_size=args.batch_size, device=args.device, num_workers=args.workers,
             weights_dir=args.weights_dir, provenance=args.provenance,
             stability=args.stability, output_csv=output, progress=not args.quiet,
             engine=args.engine, ray_address=args.ray_address)
@@ -363,7 +401,8 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% intervals (default: 1000; 0: off)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    _add_face_options(parser, skip="leave the file out of the metrics")
+    _add_scoring_options(parser, skip="'skip' leaves the file out of the metrics",
+                         labels=False)
     _add_engine_options(parser)
     parser.add_argument("--no-recursive", action="store_true", help="ignore sub-folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -384,8 +423,6 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
         raise UsageError("--stability needs images to re-encode; run it when scoring a folder")
     if args.directory and not Path(args.directory).expanduser().is_dir():
         raise UsageError(f"{args.directory} is not a folder")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold must lie between 0 and 1")
     if args.fpr is not None and not 0.0 < args.fpr < 1.0:
         raise UsageError("--fpr must lie between 0 and 1 (e.g. 0.05 for 5%)")
     if args.operating_points and args.calibrate:
@@ -401,8 +438,6 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import warnings
-
     from . import evaluate
     from .models import get_spec
     from .perturbations import ROBUSTNESS_SUITE
@@ -410,7 +445,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     _check_evaluate_args(args)
     for name in args.models or []:
         get_spec(name)
-    classify_options = dict(no_face=args.no_face, face_config=_face_config(args),
+    overrides = _scoring_overrides(args)
+    face_crop = overrides.pop("face_crop")
+    classify_options = dict(no_face=overrides["no_face"], face_config=overrides["face_config"],
                             batch_size=args.batch_size,
                             device=args.device, num_workers=args.workers,
                             weights_dir=args.weights_dir, progress=not args.quiet)
@@ -434,17 +471,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                                                 recursive=not args.no_recursive)
                 perturbations = ROBUSTNESS_SUITE if args.robustness else ()
                 per_image = evaluate.score_labelled(
-                    labelled, models, not args.no_face_crop, perturbations=perturbations,
+                    labelled, models, face_crop, perturbations=perturbations,
                     provenance=args.provenance, stability=args.stability, **classify_options)
                 settings = {"root": str(args.directory), "labels": str(args.labels),
-                            "face_crop": not args.no_face_crop,
+                            "face_crop": bool(per_image["face_crop"].any()),
                             "perturbations": [p.name for p in perturbations]}
             points, notes = evaluate.resolve_operating_points(
                 per_image, operating_points=points_file,
                 tune_on=args.tune_on, tune_labels=args.labels if args.labels in
                 ("folder", "prefix") else "folder", threshold_rule=rule,
                 threshold=args.threshold, target_fpr=args.fpr if args.fpr is not None else 0.05,
-                calibration=args.calibrate, model=models, face_crop=not args.no_face_crop,
+                calibration=args.calibrate, model=models, face_crop=face_crop,
                 recursive=not args.no_recursive, **classify_options)
         except (evaluate.LabelError, ValueError) as exc:
             raise UsageError(str(exc)) from None
@@ -714,12 +751,7 @@ def _add_batch(commands: argparse._SubParsersAction) -> Callable:
                         help="model to use (repeat for several; default: default)")
     parser.add_argument("--models-together", action="store_true",
                         help="one run per folder with all models, instead of one per model")
-    parser.add_argument("--no-face-crop", action="store_true",
-                        help="score whole images instead of face crops")
-    parser.add_argument("--no-face", choices=["whole", "skip"], default="whole",
-                        help="with face crop, what to do when no face is found")
-    parser.add_argument("--threshold", type=float, metavar="T",
-                        help="label fake when fake_score >= T (default: the model's labels)")
+    _add_scoring_options(parser, skip="'skip' records the file with label 'no face'")
     parser.add_argument("--kernel", metavar="NAME",
                         help="Jupyter kernel to run in (default: the notebook's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -730,8 +762,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     from .batch import run_batch
     from .models import get_spec, weights_available
 
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold must lie between 0 and 1")
+    overrides = _scoring_overrides(args)
     for directory in args.directories:
         if not Path(directory).expanduser().is_dir():
             raise UsageError(f"{directory} is not a folder")
@@ -742,9 +773,8 @@ def _run_batch(args: argparse.Namespace) -> int:
             raise UsageError(f"no weights for model '{name}': run 'deepfake-toolkit models' to "
                              "see which models have weights")
     runs = run_batch(args.directories, args.output_dir, models,
-                     models_together=args.models_together, face_crop=not args.no_face_crop,
-                     no_face=args.no_face, threshold=args.threshold, kernel_name=args.kernel,
-                     progress=not args.quiet)
+                     models_together=args.models_together, **overrides,
+                     kernel_name=args.kernel, progress=not args.quiet)
     for run in runs.itertuples():
         detail = run.csv if run.status == "ok" else run.error
         print(f"{run.status:<6}  {run.run_name}  {detail}")
@@ -846,12 +876,18 @@ def console_main() -> None:
     sys.exit(main())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for the user, without the code location."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     from .images import ImageReadError
     from .batch import NotebookNotFoundError
     from .distributed import RayEngineError
     from .models import (
+        DeviceUnavailableError,
         UnknownModelError,
         WeightsFileError,
         WeightsMismatchError,
@@ -866,17 +902,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return runners[args.command](args)
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
             NotebookNotFoundError, OutputNotWritableError, RayEngineError,
-            FaceDetectorMissing) as exc:
+            FaceDetectorMissing, DeviceUnavailableError) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
+from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
 from .models.loading import load_strict
@@ -55,7 +55,8 @@ from .pipeline import (
     shared_transforms,
 )
 from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
-    escape_cell, label_scheme, restore_types, results_frame, unescape_cell, write_table
+    escape_cell, restore_types, results_frame, unescape_cell, write_table
+from .scoring import FaceSettings, Scoring, run_policies
 
 RAY_INSTALL_HINT = 'pip install "deepfake-toolkit[ray]"'
 """What to run when Ray is missing."""
@@ -210,15 +211,14 @@ class _CropStage:
     """Ray Data stage (a callable class: one per actor): paths to decoded, cropped and
     transformed regions, one row per file."""
 
-    def __init__(self, transforms: list, face_crop: bool, face_config: FaceCropConfig | None,
-                 no_face: NoFacePolicy, max_pixels: int,
+    def __init__(self, transforms: list, region: Scoring, max_pixels: int,
                  perturb: Callable[[Image.Image], Image.Image] | None,
                  provenance: bool = True) -> None:
         # Several actors share each machine's cores: more threads each only oversubscribe them.
         torch.set_num_threads(1)
         self.transforms = transforms
-        self.cropper = FaceCropper(face_config, device="cpu") if face_crop else None
-        self.no_face = no_face
+        self.cropper = FaceCropper(region.face, device="cpu") if region.face_crop else None
+        self.no_face = region.no_face
         self.max_pixels = max_pixels
         self.perturb = perturb
         self.provenance = provenance
@@ -244,26 +244,24 @@ class _CropStage:
 class _ScoreStage:
     """Ray Data stage (a callable class: one per actor): prepared files to result rows."""
 
-    def __init__(self, models: list, device: str, face_crop: bool, no_face: NoFacePolicy,
-                 threshold: float | None, bands: bool, batch_size: int) -> None:
+    def __init__(self, models: list, device: str, policies: list[Scoring],
+                 batch_size: int) -> None:
         ray = import_ray()
         torch.set_num_threads(1)
         resolved = torch.device(device)
         # ``models`` holds one object reference, wrapped so that Ray does not resolve it early.
         self.detectors = [_rebuild_detector(spec, state, path, resolved)
                           for spec, state, path in ray.get(models[0])]
-        self.schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in self.detectors]
+        self.policies = policies
         self.transform_index = shared_transforms(self.detectors)[1]
-        self.face_crop = face_crop
-        self.no_face = no_face
         self.batch_size = batch_size
 
     def __call__(self, batch):
         import pyarrow as pa
 
         items = _items_from_columns(batch)
-        rows = _score_batch(items, self.detectors, self.transform_index, self.schemes,
-                            self.face_crop, self.no_face, self.batch_size)
+        rows = _score_batch(items, self.detectors, self.transform_index, self.policies,
+                            self.batch_size)
         for row in rows:
             # Columns a run fills later (the stability check) are absent here: empty.
             for column in TEXT_COLUMNS:
@@ -332,12 +330,12 @@ def _items_from_columns(batch) -> list[_Item]:
 def classify_dataset(
     dataset,
     model: ModelArg = "default",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
-    no_face: NoFacePolicy = "whole",
-    face_config: FaceCropConfig | None = None,
+    no_face: NoFacePolicy | None = None,
+    face_config: FaceSettings | None = None,
     threshold: float | None = None,
-    bands: bool = False,
+    bands: bool | None = None,
     batch_size: int = 32,
     device: str = "auto",
     weights_dir: str | os.PathLike[str] | None = None,
@@ -359,13 +357,9 @@ def classify_dataset(
         model: A registry name, a loaded :class:`~deepfake_toolkit.models.Detector`, or a list
             of them (one row per file and model). Loaded here once; the weights travel to the
             actors through the object store.
-        face_crop: Score the face crop (True) or the whole image (False).
-        no_face: With face cropping, "whole" scores the whole image when no face is found,
-            "skip" records the file with label "no face".
-        face_config: Face-crop knobs (see :class:`~deepfake_toolkit.faces.FaceCropConfig`).
-        threshold: Label "fake" when fake_score >= threshold; None: the model's operating
-            threshold, else the five bands.
-        bands: Use the five bands even when the model has an operating threshold.
+        face_crop, no_face, face_config, threshold, bands: Overrides of each model's own
+            scoring policy (None keeps it), as for
+            :func:`~deepfake_toolkit.pipeline.classify_files`.
         batch_size: Files per batch in both stages (and images per inference batch).
         device: "auto" (a GPU per model actor when the cluster has GPUs), "cuda" or "cpu".
         weights_dir: Folder searched first for weight files (on this machine).
@@ -391,8 +385,6 @@ def classify_dataset(
         >>> classify_dataset(paths, "default").write_parquet("scores/")      # doctest: +SKIP
     """
     ray = import_ray()
-    if no_face not in NO_FACE_POLICIES:
-        raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if device not in ("auto", "cpu", "cuda"):
@@ -409,6 +401,9 @@ def classify_dataset(
     # Loaded here: unknown models and missing or mismatched weights fail now, with their own
     # messages, before any actor starts.
     detectors = _as_detectors(model, weights_dir, "cpu")
+    policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                            face_config=face_config, no_face=no_face, threshold=threshold,
+                            bands=bands)
     transforms = shared_transforms(detectors)[0]
     payload = ray.put([(d.spec, {k: v.detach().cpu() for k, v in d.module.state_dict().items()},
                         d.weights_path) for d in detectors])
@@ -423,22 +418,20 @@ def classify_dataset(
         # Ray 2.60 offers no named parameter for actor restarts yet; its generic remote
         # arguments still work but warn that they will go (the extra pins Ray below 2.64).
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        return _two_stages(ray, paths, plan, transforms, payload, use_gpu, face_crop=face_crop,
-                           face_config=face_config, no_face=no_face, max_pixels=max_pixels,
-                           perturb=perturb, provenance=provenance, threshold=threshold,
-                           bands=bands, batch_size=batch_size)
+        return _two_stages(ray, paths, plan, transforms, payload, use_gpu, policies=policies,
+                           max_pixels=max_pixels, perturb=perturb, provenance=provenance,
+                           batch_size=batch_size)
 
 
 def _two_stages(ray, paths, plan: ActorPlan, transforms: list, payload, use_gpu: bool, *,
-                face_crop: bool, face_config: FaceCropConfig | None, no_face: NoFacePolicy,
-                max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None,
-                provenance: bool, threshold: float | None, bands: bool, batch_size: int):
+                policies: list[Scoring], max_pixels: int,
+                perturb: Callable[[Image.Image], Image.Image] | None, provenance: bool,
+                batch_size: int):
     """The crop actors streaming into the model actors."""
     retries = {"max_restarts": MAX_ACTOR_RESTARTS, "max_task_retries": MAX_ACTOR_RESTARTS}
     prepared = paths.map_batches(
         _CropStage, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs=dict(transforms=transforms, face_crop=face_crop,
-                                   face_config=face_config, no_face=no_face,
+        fn_constructor_kwargs=dict(transforms=transforms, region=policies[0],
                                    max_pixels=max_pixels, perturb=perturb,
                                    provenance=provenance),
         compute=ray.data.ActorPoolStrategy(size=plan.crop_actors), num_cpus=plan.crop_cpus,
@@ -446,8 +439,7 @@ def _two_stages(ray, paths, plan: ActorPlan, transforms: list, payload, use_gpu:
     return prepared.map_batches(
         _ScoreStage, batch_size=batch_size, batch_format="pyarrow",
         fn_constructor_kwargs=dict(models=[payload], device="cuda" if use_gpu else "cpu",
-                                   face_crop=face_crop, no_face=no_face, threshold=threshold,
-                                   bands=bands, batch_size=batch_size),
+                                   policies=policies, batch_size=batch_size),
         compute=ray.data.ActorPoolStrategy(size=plan.model_actors), num_cpus=plan.model_cpus,
         num_gpus=plan.model_gpus, **retries)
 
@@ -455,7 +447,7 @@ def _two_stages(ray, paths, plan: ActorPlan, transforms: list, payload, use_gpu:
 def classify_files_on_ray(
     files: Sequence[str | os.PathLike[str]],
     model: ModelArg = "default",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
     ray_address: str | None = None,
     batch_size: int = 32,

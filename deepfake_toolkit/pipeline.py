@@ -22,12 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
+from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
 from .provenance import empty_provenance, read_provenance
-from .results import PendingCsv, label_scheme, results_frame
+from .results import PendingCsv, results_frame
+from .scoring import FaceSettings, Scoring, run_policies
 
 ModelArg = str | Detector | Sequence[str | Detector]
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -182,12 +183,12 @@ def default_workers(n_files: int, batch_size: int) -> int:
 def classify_files(
     files: Sequence[str | os.PathLike[str]],
     model: ModelArg = "default",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
-    no_face: NoFacePolicy = "whole",
-    face_config: FaceCropConfig | None = None,
+    no_face: NoFacePolicy | None = None,
+    face_config: FaceSettings | None = None,
     threshold: float | None = None,
-    bands: bool = False,
+    bands: bool | None = None,
     batch_size: int = 32,
     device: str | torch.device = "auto",
     num_workers: int | None = None,
@@ -206,17 +207,24 @@ def classify_files(
 ) -> pd.DataFrame:
     """Score image files with one or more models.
 
+    Each model scores with its own policy (``detector.scoring``: the face-crop settings it was
+    trained with and its operating threshold); the scoring arguments below override it, and None
+    keeps the model's own (see :class:`~deepfake_toolkit.scoring.Scoring`). A region that differs
+    from the model's own gives a :class:`~deepfake_toolkit.scoring.ScoringMismatchWarning`.
+
     Args:
         files: Image files, scored in this order.
         model: A registry name, a loaded :class:`~deepfake_toolkit.models.Detector`, or a list of
-            them (one row per file and model).
-        face_crop: Score the face crop (True) or the whole image (False).
+            them (one row per file and model; every model scores the first model's region).
+        face_crop: Score the face crop (True) or the whole image (False); None: as the model.
         no_face: With face cropping, what to do when no face is found: "whole" scores the whole
-            image, "skip" records the file with label "no face" and no score.
-        face_config: Face-crop knobs (margin, square, min_face_size, min_prob, select, edge).
+            image, "skip" records the file with label "no face" and no score; None: "whole".
+        face_config: Face-crop settings (detector, margin, square, min_face_size, min_prob,
+            select, edge, detect_max_side): a whole :class:`FaceCropConfig`, or a mapping of the
+            ones to change in the model's own, e.g. ``{"margin": 0.3}``.
         threshold: Label "fake" when fake_score >= threshold, else "real". None uses the model's
-            operating threshold when its spec has one, else the five score bands.
-        bands: Use the five bands even when the model has an operating threshold.
+            operating threshold when it has one, else the five score bands.
+        bands: True labels with the five bands even when the model has an operating threshold.
         batch_size: Images per inference batch.
         device: "auto" (CUDA when available), "cpu" or "cuda".
         num_workers: Decoding processes; None picks one from the job size and CPU count.
@@ -253,16 +261,15 @@ def classify_files(
             "ray://host:10001" a remote one.
 
     Returns:
-        A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
-        "seconds", "images_per_second" and "stopped". A file that fails anywhere on its way
+        A table with the columns of :data:`deepfake_toolkit.results.COLUMNS` (``label_rule``
+        says which rule labelled each row); ``attrs`` holds "seconds", "images_per_second" and
+        "stopped". A file that fails anywhere on its way
         (decoding, face detection, cropping, transforming, scoring, or a score that is not a
         number) gets label "error" and a message in ``error``; the run goes on.
 
     Raises:
         OutputNotWritableError: ``output_csv`` cannot be written (raised before scoring).
     """
-    if no_face not in NO_FACE_POLICIES:
-        raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if stability and perturb is not None:
@@ -288,20 +295,20 @@ def classify_files(
     with pending or contextlib.nullcontext():
         resolved = resolve_device(device)
         detectors = _as_detectors(model, weights_dir, resolved)
-        schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
+        policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                                face_config=face_config, no_face=no_face, threshold=threshold,
+                                bands=bands)
+        region = policies[0]
 
         unique, transform_index = shared_transforms(detectors)
-        cropper = FaceCropper(face_config, device=resolved) if face_crop else None
-        # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
-        # onnxruntime CPU network), detection runs per image in the workers.
-        detect_in_workers = cropper is not None and (resolved.type == "cpu"
-                                                     or cropper.config.detector == "retinaface")
+        cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
+        detect_in_workers = cropper is not None and not _detects_in_batches(cropper, resolved)
         workers = (default_workers(len(paths), batch_size) if num_workers is None
                    else num_workers)
         dataset = _FileDataset(paths, unique, cropper,
                                detect_here=cropper is None or detect_in_workers,
-                               no_face=no_face, max_pixels=max_pixels, perturb=perturb,
-                               provenance=provenance)
+                               no_face=region.no_face, max_pixels=max_pixels,
+                               perturb=perturb, provenance=provenance)
         # Files come back one at a time (the progress bar moves per image) and are scored in
         # batches; each worker keeps up to a batch of files ready while the models run.
         loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
@@ -318,9 +325,8 @@ def classify_files(
 
         def score(batch: list[_Item]) -> None:
             if cropper is not None and not detect_in_workers:
-                _detect_in_main(batch, cropper, no_face, unique)
-            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
-                                      no_face, batch_size)
+                _detect_in_main(batch, cropper, region.no_face, unique)
+            batch_rows = _score_batch(batch, detectors, transform_index, policies, batch_size)
             rows.extend(batch_rows)
             if on_batch is not None:
                 on_batch(results_frame(batch_rows))
@@ -354,9 +360,7 @@ def classify_files(
             from .stability import check_stability
 
             try:
-                frame = check_stability(frame, paths[:n_done], detectors, face_crop=face_crop,
-                                        no_face=no_face, face_config=face_config,
-                                        threshold=threshold, bands=bands,
+                frame = check_stability(frame, paths[:n_done], detectors, policies,
                                         batch_size=batch_size, device=resolved,
                                         num_workers=num_workers, max_pixels=max_pixels,
                                         progress=progress, stop=stop)
@@ -373,7 +377,7 @@ def classify_files(
 def classify_directory(
     path: str | os.PathLike[str],
     model: ModelArg = "default",
-    face_crop: bool = True,
+    face_crop: bool | None = None,
     *,
     recursive: bool = True,
     **options: Any,
@@ -384,7 +388,7 @@ def classify_directory(
         path: Folder of images (searched recursively unless ``recursive=False``; hidden files
             skipped).
         model: Registry name, loaded detector, or a list of them.
-        face_crop: Score face crops (True) or whole images (False).
+        face_crop: Score face crops (True) or whole images (False); None: as the model does.
         recursive: Include sub-folders.
         **options: Everything :func:`classify_files` takes (threshold, no_face, batch_size,
             device, output_csv, ...).
@@ -411,6 +415,12 @@ def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
                 dynamic_ncols=True)
 
 
+def _detects_in_batches(cropper: FaceCropper, device: torch.device) -> bool:
+    """Whether faces are detected in batches in the main process: MTCNN on a GPU. On a CPU, and
+    for RetinaFace (an onnxruntime CPU network), detection runs per image in the workers."""
+    return device.type != "cpu" and cropper.config.detector == "mtcnn"
+
+
 def _detect_in_main(batch: list[_Item], cropper: FaceCropper, no_face: NoFacePolicy,
                     transforms: list[ImageTransform]) -> None:
     decoded = [item for item in batch if item.image is not None]
@@ -430,14 +440,13 @@ def _detect_in_main(batch: list[_Item], cropper: FaceCropper, no_face: NoFacePol
 
 
 def _score_batch(batch: list[_Item], detectors: list[Detector], transform_index: list[int],
-                 schemes: list, face_crop: bool, no_face: NoFacePolicy,
-                 batch_size: int) -> list[dict[str, Any]]:
+                 policies: list[Scoring], batch_size: int) -> list[dict[str, Any]]:
     rows = []
-    for detector, t_index, scheme in zip(detectors, transform_index, schemes):
+    for detector, t_index, policy in zip(detectors, transform_index, policies):
         scores, errors = _predict(batch, detector, t_index, batch_size)
         for position, item in enumerate(batch):
             rows.append(_row(item, detector.name, scores.get(position, np.zeros(0)),
-                             item.error or errors.get(position, ""), scheme, face_crop, no_face))
+                             item.error or errors.get(position, ""), policy))
     return rows
 
 
@@ -481,8 +490,8 @@ def _predict_stack(detector: Detector, stack: torch.Tensor, batch_size: int) -> 
                            for i in range(0, len(stack), batch_size)])
 
 
-def _row(item: _Item, model_name: str, scores: np.ndarray, error: str, scheme, face_crop: bool,
-         no_face: NoFacePolicy) -> dict[str, Any]:
+def _row(item: _Item, model_name: str, scores: np.ndarray, error: str,
+         policy: Scoring) -> dict[str, Any]:
     faces = item.faces or []
     best_face: Face | None = None
     score = math.nan
@@ -495,15 +504,17 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, error: str, scheme, f
     elif not len(scores):
         label = "no face"
     else:
-        label = scheme(score)
+        label = policy.labels(score)
+    face_crop = policy.face_crop
     return {
         "path": item.path,
         "model": model_name,
         "fake_score": score,
         "label": label,
+        "label_rule": policy.rule,
         "region": item.region if not error else "",
         "face_crop": face_crop,
-        "no_face_policy": no_face if face_crop else "",
+        "no_face_policy": policy.no_face if face_crop else "",
         "face_found": bool(faces),
         "n_faces": len(faces) if face_crop and not item.error else 0,
         "face_box": tuple(round(v, 1) for v in best_face.box) if best_face else None,

@@ -25,24 +25,36 @@ from .provenance import PROVENANCE_COLUMNS, PROVENANCE_TEXT_COLUMNS
 STABILITY_COLUMNS: tuple[str, ...] = ("stability_spread", "stability_scores", "stability_reason")
 """Columns the stability check (``stability=True``) fills; see :mod:`deepfake_toolkit.stability`."""
 
-COLUMNS: tuple[str, ...] = (
-    "path",
-    "model",
-    "fake_score",
-    "label",
-    "region",
-    "face_crop",
-    "no_face_policy",
-    "face_found",
-    "n_faces",
-    "face_box",
-    "face_prob",
-    "width",
-    "height",
-    "error",
-    *PROVENANCE_COLUMNS,
-    *STABILITY_COLUMNS,
-)
+COLUMN_TYPES: dict[str, str] = {
+    "path": "text",
+    "model": "text",
+    "fake_score": "float",
+    "label": "text",
+    "label_rule": "text",
+    "region": "text",
+    "face_crop": "bool",
+    "no_face_policy": "text",
+    "face_found": "bool",
+    "n_faces": "int",
+    "face_box": "box",
+    "face_prob": "float",
+    "width": "int",
+    "height": "int",
+    "error": "text",
+    **{column: "text" for column in PROVENANCE_TEXT_COLUMNS},
+    "provenance_says_ai": "nullable_bool",
+    "stability_spread": "float",
+    "stability_scores": "text",
+    "stability_reason": "text",
+}
+"""Every column of a result table and its kind, in order: the one table that building
+(:func:`results_frame`), writing and reading (CSV, Parquet, Arrow) follow. Kinds: "text" (Python
+strings, never missing), "float" (NaN when missing), "int" (nullable integers), "bool",
+"nullable_bool" (True / False / missing) and "box" (a tuple of four floats or None)."""
+
+COLUMNS: tuple[str, ...] = tuple(COLUMN_TYPES)
+assert COLUMNS[-len(PROVENANCE_COLUMNS) - len(STABILITY_COLUMNS):-len(STABILITY_COLUMNS)] \
+    == PROVENANCE_COLUMNS
 """Columns of every result table, in order:
 
 - ``path``: the image file.
@@ -50,6 +62,9 @@ COLUMNS: tuple[str, ...] = (
 - ``fake_score``: P(fake) in [0, 1]; empty when the image was not scored.
 - ``label``: verdict from the score (see :class:`Bands` and :class:`Threshold`), "no face" when
   skipped by the no-face policy, "error" when the file could not be read.
+- ``label_rule``: the rule that gave the label: "threshold 0.5291 (model)" (the model's own
+  operating threshold), "threshold 0.7 (user)" (a threshold the user chose) or "bands" (see
+  :class:`deepfake_toolkit.scoring.Scoring`).
 - ``region``: what was scored: "face", "image" (the whole image) or "" (nothing).
 - ``face_crop``: whether face cropping was on for the run.
 - ``no_face_policy``: what the run did with images without a face: "whole" or "skip"
@@ -88,14 +103,15 @@ _ESCAPE = re.compile("%(u[0-9A-F]{4}|[0-9A-F]{2})")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 """File name endings written and read as Parquet; every other ending means CSV."""
 
-TEXT_COLUMNS: tuple[str, ...] = ("path", "model", "label", "region", "no_face_policy", "error",
-                                 *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
+TEXT_COLUMNS: tuple[str, ...] = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "text")
 """The schema's text columns."""
-_TEXT_COLUMNS = TEXT_COLUMNS
-FLOAT_COLUMNS: tuple[str, ...] = ("fake_score", "face_prob", "stability_spread")
+FLOAT_COLUMNS: tuple[str, ...] = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "float")
 """The schema's float columns (missing values are NaN)."""
+_TEXT_COLUMNS = TEXT_COLUMNS
 _FLOAT_COLUMNS = FLOAT_COLUMNS
-_NULLABLE_BOOL_COLUMNS = ("provenance_says_ai",)
+_INT_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "int")
+_BOOL_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "bool")
+_NULLABLE_BOOL_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "nullable_bool")
 
 
 @dataclass(frozen=True)
@@ -148,23 +164,6 @@ FAKE_LABELS = frozenset({"fake", "likely fake", "weakly fake"})
 """Labels that count as a fake verdict in summaries."""
 
 
-def label_scheme(threshold: float | None, model_threshold: float | None = None,
-                 bands: bool = False) -> LabelScheme:
-    """Choose the label scheme for a run.
-
-    Args:
-        threshold: A threshold the user asked for; wins over everything else.
-        model_threshold: The model's operating threshold from its spec, used when the user gave
-            none.
-        bands: Use the five bands even when the model has an operating threshold.
-    """
-    if threshold is not None:
-        return Threshold(float(threshold))
-    if model_threshold is not None and not bands:
-        return Threshold(float(model_threshold))
-    return Bands()
-
-
 def empty_results() -> pd.DataFrame:
     """A result table with no rows and the schema's columns."""
     return pd.DataFrame({column: pd.Series(dtype=object) for column in COLUMNS})
@@ -177,15 +176,18 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     UTF-8 (held by Python as surrogate escapes) stays the exact path of its file.
     """
     rows = list(rows)
+    unknown = sorted(set().union(*rows) - set(COLUMNS)) if rows else []
+    if unknown:
+        raise ValueError(f"result rows hold columns the schema does not have: {unknown}")
     frame = pd.DataFrame({column: pd.Series([row.get(column) for row in rows], dtype=object)
                           for column in COLUMNS})
     if frame.empty:
         return empty_results()
     for column in _FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in ("n_faces", "width", "height"):
+    for column in _INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    for column in ("face_crop", "face_found"):
+    for column in _BOOL_COLUMNS:
         frame[column] = frame[column].astype(bool)
     for column in _TEXT_COLUMNS:
         frame[column] = text_series(["" if v is None or v is pd.NA or (isinstance(v, float)
@@ -446,8 +448,7 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
     """
     text = {c: object for c in (*_TEXT_COLUMNS, *text_columns)}
     frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
-                        na_values={c: [""] for c in (*_FLOAT_COLUMNS, "n_faces", "width",
-                                                     "height")})
+                        na_values={c: [""] for c in (*_FLOAT_COLUMNS, *_INT_COLUMNS)})
     frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
@@ -455,11 +456,11 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
                                          for v in frame[column]), frame.index)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
-    for column in ("face_crop", "face_found"):
+    for column in _BOOL_COLUMNS:
         if column in frame:
             frame[column] = frame[column].map(
                 lambda v: str(v).strip().lower() == "true").astype(bool)
-    for column in ("n_faces", "width", "height"):
+    for column in _INT_COLUMNS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in _NULLABLE_BOOL_COLUMNS:
@@ -487,10 +488,10 @@ def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
                  else unescape_cell(str(v)) for v in frame[column]), frame.index)
     if "face_box" in frame:
         frame["face_box"] = frame["face_box"].map(_box_from_arrow).astype(object)
-    for column in ("face_crop", "face_found"):
+    for column in _BOOL_COLUMNS:
         if column in frame:
             frame[column] = frame[column].astype(bool)
-    for column in ("n_faces", "width", "height"):
+    for column in _INT_COLUMNS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in _FLOAT_COLUMNS:
@@ -506,11 +507,9 @@ def arrow_schema():
     """The schema's columns as a ``pyarrow.Schema`` (Parquet files and Ray datasets use it)."""
     import pyarrow as pa
 
-    types = {"face_crop": pa.bool_(), "face_found": pa.bool_(), "n_faces": pa.int64(),
-             "width": pa.int64(), "height": pa.int64(), "face_box": pa.list_(pa.float64()),
-             **{column: pa.float64() for column in _FLOAT_COLUMNS},
-             **{column: pa.bool_() for column in _NULLABLE_BOOL_COLUMNS}}
-    return pa.schema([(column, types.get(column, pa.string())) for column in COLUMNS])
+    kinds = {"text": pa.string(), "float": pa.float64(), "int": pa.int64(), "bool": pa.bool_(),
+             "nullable_bool": pa.bool_(), "box": pa.list_(pa.float64())}
+    return pa.schema([(column, kinds[kind]) for column, kind in COLUMN_TYPES.items()])
 
 
 def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> pd.DataFrame:

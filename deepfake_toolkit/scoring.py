@@ -15,13 +15,41 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .faces import FaceCropConfig, NO_FACE_POLICIES, NoFacePolicy
 from .results import Bands, LabelScheme, Threshold
 
-WHOLE_IMAGE = None
-"""``Scoring.face`` for a model that scores the whole image."""
+FaceSettings = FaceCropConfig | Mapping[str, Any]
+"""Face-crop settings given by a user: a whole :class:`FaceCropConfig`, or a mapping of the
+settings to change in the model's own (e.g. ``{"margin": 0.3}``)."""
+
+HELP: dict[str, str] = {
+    "face_crop": "score the face crop (on) or the whole image (off); unset: as the model was "
+                 "trained (every shipped model: face crop)",
+    "no_face": "with face crop, an image without a face is scored whole ('whole', the "
+               "default) or {skip}",
+    "threshold": "label 'fake' when fake_score >= T, else 'real'; unset: the model's own "
+                 "operating threshold (chosen on validation data; the default model's is "
+                 "recorded with its weights), or the five score bands for a model without one",
+    "bands": "label with the five score bands (likely fake > 0.8 > weakly fake > 0.6 > uncertain "
+             "> 0.4 > weakly real > 0.2 > likely real) even when the model has an operating "
+             "threshold",
+    "detector": "face detector: mtcnn (the shipped models were trained on its crops) or "
+                "retinaface (about 10x faster on a CPU; pip install "
+                "'deepfake-toolkit[retinaface]')",
+    "margin": "context around the detected face, as a fraction of its longer side",
+    "square": "make the crop square",
+    "min_face_size": "smallest face that counts, in image pixels",
+    "min_prob": "smallest detector probability that counts as a face (0-1)",
+    "select": "which face is scored: the largest, the most probable, or all (the image gets "
+              "the highest score)",
+    "edge": "a crop running past the image edge: shrink the margin to fit, or pad with black",
+    "detect_max_side": "downscale larger images to this many pixels for detection only (0: "
+                       "never)",
+}
+"""What each scoring setting does, in the words the CLI help, the server's task schema and the
+explorer show (one text, so that they cannot disagree)."""
 
 
 class ScoringMismatchWarning(UserWarning):
@@ -93,7 +121,7 @@ class Scoring:
         self,
         *,
         face_crop: bool | None = None,
-        face_config: FaceCropConfig | None = None,
+        face_config: FaceSettings | None = None,
         no_face: NoFacePolicy | None = None,
         threshold: float | None = None,
         bands: bool | None = None,
@@ -103,16 +131,20 @@ class Scoring:
         Args:
             face_crop: False scores whole images; True scores face crops (with the model's face
                 settings, or the defaults when the model scores whole images).
-            face_config: Face-crop settings replacing the model's (implies ``face_crop=True``
-                unless ``face_crop`` is False).
+            face_config: Face-crop settings replacing the model's: a whole
+                :class:`FaceCropConfig`, or a mapping of the settings to change (the rest stay
+                the model's own). Implies ``face_crop=True`` unless ``face_crop`` is False.
             no_face: "whole" or "skip".
             threshold: A user threshold in [0, 1].
             bands: True labels with the five bands; False (with no user threshold) uses the
                 model's operating threshold when it has one.
         """
         face = self.face
-        if face_config is not None:
+        if isinstance(face_config, FaceCropConfig):
             face = face_config
+        elif face_config is not None:
+            face = face_config_from_record({**dataclasses.asdict(face or FaceCropConfig()),
+                                            **face_config})
         if face_crop is False:
             face = None
         elif face_crop and face is None:
@@ -145,7 +177,7 @@ class Scoring:
                 f"model '{model_name}' was trained and validated on other face-crop settings than "
                 f"this run's ({'; '.join(differences)}): its scores and operating threshold may "
                 "not hold. Leave these settings unset to use the model's own.",
-                ScoringMismatchWarning, stacklevel=3)
+                ScoringMismatchWarning, stacklevel=4)
 
     def describe(self) -> dict[str, Any]:
         """The policy as plain JSON-ready data (see :meth:`from_record`)."""
@@ -187,7 +219,7 @@ _FACE_SETTING_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def run_policies(models: Sequence[tuple[str, Scoring]], *, face_crop: bool | None = None,
-                 face_config: FaceCropConfig | None = None, no_face: NoFacePolicy | None = None,
+                 face_config: FaceSettings | None = None, no_face: NoFacePolicy | None = None,
                  threshold: float | None = None, bands: bool | None = None) -> list[Scoring]:
     """The policy each model of one run scores with: its own, with the user's overrides applied.
 

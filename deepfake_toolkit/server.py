@@ -67,9 +67,11 @@ from .models import (
     resolve_device,
     weights_available,
 )
+from .models.loading import recorded_policy
 from .models.weights import find_weight_file
 from .pipeline import classify_files
 from .results import OutputNotWritableError, summary
+from .scoring import HELP, Scoring
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,10 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_PATH_CHARACTERS = 4096
 """Longest folder path a request may give (PATH_MAX on Linux)."""
 
+FACECROP_MODEL = "model"
+"""The ``facecrop`` value that keeps each model's own region (its default)."""
+BANDS_WORD = "bands"
+"""The ``threshold`` value that labels with the five score bands."""
 _TRUE_WORDS = ("true", "yes", "1")
 _FALSE_WORDS = ("false", "no", "0")
 
@@ -136,19 +142,35 @@ def create_task_schema() -> TaskSchema:
                 value=EnumParameterDescriptor(enum_vals=model_choices, default=list_models()[0],
                                               message_when_empty="No models are registered.")),
             ParameterSchema(
-                key="facecrop", label="Score the face crop (true) or the whole image (false)",
-                subtitle="With true, images without a detected face are scored whole.",
+                key="facecrop", label="Score the face crop or the whole image",
+                subtitle=_sentence(f"{FACECROP_MODEL}: {HELP['face_crop'].split('; unset: ')[1]}"
+                                   "; true: the face crop; false: the whole image. Images "
+                                   "without a detected face are scored whole"),
                 value=EnumParameterDescriptor(
-                    enum_vals=[EnumVal(key="true", label="true"),
+                    enum_vals=[EnumVal(key=FACECROP_MODEL, label="as the model was trained"),
+                               EnumVal(key="true", label="true"),
                                EnumVal(key="false", label="false")],
-                    default="true")),
+                    default=FACECROP_MODEL)),
             ParameterSchema(
                 key="threshold", label="Fake threshold (optional)",
-                subtitle="Empty: five score bands. A number between 0 and 1: label 'fake' when "
-                         "fake_score >= it, else 'real'.",
+                subtitle=_sentence("A number T between 0 and 1: "
+                                   f"{HELP['threshold'].replace('unset:', 'empty:')}; "
+                                   f"'{BANDS_WORD}': {HELP['bands']}"),
                 value=TextParameterDescriptor(default="")),
         ],
     )
+
+
+def _policy_text(name: str, weights_dir: str | os.PathLike[str] | None) -> str:
+    """How model ``name`` scores by default, from the policy recorded with its weights."""
+    try:
+        policy = recorded_policy(name, weights_dir)
+    except Exception:  # noqa: BLE001 - a missing or damaged file: the registered policy
+        spec = get_spec(name)
+        policy = Scoring(face=spec.face_crop, threshold=spec.threshold)
+    region = ("whole image" if policy.face is None
+              else f"face crop ({policy.face.detector}, margin {policy.face.margin:g})")
+    return f"{region}, {policy.rule.replace(' (model)', '')}"
 
 
 def app_info_markdown(weights_dir: str | os.PathLike[str] | None = None) -> str:
@@ -160,9 +182,10 @@ def app_info_markdown(weights_dir: str | os.PathLike[str] | None = None) -> str:
     rows = []
     for name in list_models():
         installed = "yes" if weights_available(name, weights_dir) else "no"
-        rows.append(f"| `{name}` | {get_spec(name).description} | {installed} |")
-    models_table = "\n".join(["| Model | What it is | Weights installed |",
-                              "|---|---|---|", *rows])
+        rows.append(f"| `{name}` | {get_spec(name).description} | {installed} | "
+                    f"{_policy_text(name, weights_dir)} |")
+    models_table = "\n".join(["| Model | What it is | Weights installed | Scores with |",
+                              "|---|---|---|---|", *rows])
     return f"""# Image deepfake detector
 
 Scores every image in a folder for signs of being a deepfake (face swap, face
@@ -172,13 +195,16 @@ re-enactment, or a fully generated face) and writes one CSV row per image and mo
 - **fake_score** is the model's probability that the image is fake, from 0 to 1, for
   every model. Higher means "more likely fake". It is not comparable between models
   without calibration on your own data.
-- **label** turns the score into words. By default the five bands of the original
-  RescueBox tool are used: above 0.8 *likely fake*, above 0.6 *weakly fake*, above 0.4
-  *uncertain*, above 0.2 *weakly real*, else *likely real*. With a threshold, the label
-  is *fake* when fake_score is at least the threshold, else *real*. *no face* and
-  *error* mark files that were not scored; the `error` column says why.
-- With face crop on, the detected face (plus a margin) is scored, and `face_box` gives
-  where it is; images without a face are scored whole (`region` = image).
+- **label** turns the score into words, and `label_rule` says which rule did. With the
+  threshold left empty, each model labels at its own operating threshold (*fake* when
+  fake_score is at least it, else *real*; the table below gives each model's), or with the
+  five score bands for a model without one; with a number T: {HELP['threshold'].split(';')[0]};
+  with `{BANDS_WORD}`: {HELP['bands']}. *no face* and *error* mark files that were not
+  scored; the `error` column says why.
+- `facecrop` = `{FACECROP_MODEL}` (the default) scores each image {HELP['face_crop'].split('; unset: ')[1]}:
+  the detected face (plus a margin), with `face_box` giving where it is; images without a
+  face are scored whole (`region` = image). `true` and `false` force a face crop or the
+  whole image.
 - The provenance columns say what the file's own metadata claims: C2PA Content
   Credentials (`c2pa_status`, signer, digital source type; checked offline), XMP and
   EXIF fields, and image-generator parameters; `provenance_says_ai` sums them up.
@@ -288,7 +314,7 @@ class DetectorService:
             raise BadRequestError(f"The output folder {printable_path(output_folder)} is not "
                                   "writable by the server: choose a folder you can write to.")
         face_crop = _parse_facecrop(parameters["facecrop"])
-        threshold = _parse_threshold(parameters["threshold"])
+        threshold, bands = _parse_threshold(parameters["threshold"])
         names, skipped = self._choose_models(parameters["models"])
         try:
             files = find_images(input_folder, recursive=True, max_files=self.max_files)
@@ -316,7 +342,8 @@ class DetectorService:
             try:
                 # Workers start from a fresh process, so they do not inherit the listening socket.
                 frame = classify_files(files, model=detectors, face_crop=face_crop,
-                                       threshold=threshold, batch_size=self.batch_size,
+                                       threshold=threshold, bands=bands,
+                                       batch_size=self.batch_size,
                                        device=self.device, num_workers=self.num_workers,
                                        output_csv=output_csv, progress=False, stop=stop,
                                        worker_start="forkserver" if os.name == "posix" else None)
@@ -482,20 +509,31 @@ def _existing_folder(raw_path: str, key: str, what: str) -> Path:
     return folder
 
 
-def _parse_facecrop(value: object) -> bool:
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+def _parse_facecrop(value: object) -> bool | None:
+    """None (the model's own region), True or False."""
     if isinstance(value, bool):
         return value
     word = str(value).strip().lower()
+    if word in (FACECROP_MODEL, ""):
+        return None
     if word in _TRUE_WORDS:
         return True
     if word in _FALSE_WORDS:
         return False
-    raise BadRequestError(f"facecrop must be 'true' or 'false', not {value!r}.")
+    raise BadRequestError(f"facecrop must be '{FACECROP_MODEL}', 'true' or 'false', not "
+                          f"{value!r}.")
 
 
-def _parse_threshold(value: object) -> float | None:
+def _parse_threshold(value: object) -> tuple[float | None, bool | None]:
+    """(user threshold, bands): empty keeps the model's own label rule."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        return None
+        return None, None
+    if isinstance(value, str) and value.strip().lower() == BANDS_WORD:
+        return None, True
     if isinstance(value, bool):
         value = str(value).lower()
     try:
@@ -503,9 +541,9 @@ def _parse_threshold(value: object) -> float | None:
     except (TypeError, ValueError):
         threshold = float("nan")
     if not 0.0 <= threshold <= 1.0:
-        raise BadRequestError(f"threshold must be empty (five score bands) or a number between "
-                              f"0 and 1, not {value!r}.")
-    return threshold
+        raise BadRequestError(f"threshold must be empty (the model's own operating threshold), "
+                              f"'{BANDS_WORD}' or a number between 0 and 1, not {value!r}.")
+    return threshold, None
 
 
 def create_server(service: DetectorService | None = None) -> MLServer:

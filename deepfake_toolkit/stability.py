@@ -19,10 +19,10 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
-from .faces import FaceCropConfig, NoFacePolicy
 from .models import Detector
 from .perturbations import Downscale, JpegCompression, Perturbation
 from .results import FAKE_LABELS
+from .scoring import Scoring
 
 STABILITY_SUITE: tuple[Perturbation, ...] = (
     JpegCompression(90),
@@ -50,12 +50,8 @@ def check_stability(
     frame: pd.DataFrame,
     paths: Sequence[str | os.PathLike[str]],
     detectors: Sequence[Detector],
+    policies: Sequence[Scoring] | None = None,
     *,
-    face_crop: bool,
-    no_face: NoFacePolicy = "whole",
-    face_config: FaceCropConfig | None = None,
-    threshold: float | None = None,
-    bands: bool = False,
     batch_size: int = 32,
     device: str | torch.device = "auto",
     num_workers: int | None = None,
@@ -67,14 +63,16 @@ def check_stability(
     """Re-score ``paths`` under each re-encoding of ``suite`` and fill the stability columns.
 
     Each re-encoded image goes through the same pipeline as the original (face detection
-    included) with the same models and label rule.
+    included) with the same models, region and label rules.
 
     Args:
         frame: The result table of ``paths`` scored as they are.
         paths: The files of ``frame``.
         detectors: The loaded models that scored ``frame``.
-        face_crop, no_face, face_config, threshold, bands, batch_size, device, num_workers,
-            max_pixels, progress, stop: As for :func:`~deepfake_toolkit.pipeline.classify_files`.
+        policies: The scoring policy each detector scored ``frame`` with (None: each model's
+            own, ``detector.scoring``).
+        batch_size, device, num_workers, max_pixels, progress, stop: As for
+            :func:`~deepfake_toolkit.pipeline.classify_files`.
         suite: The re-encodings.
 
     Returns:
@@ -83,9 +81,12 @@ def check_stability(
     """
     from .pipeline import classify_files
 
+    run = (policies or [d.scoring for d in detectors])[0]
+    # The same overrides give every model the policy it scored ``frame`` with.
     options: dict[str, Any] = dict(
-        model=list(detectors), face_crop=face_crop, no_face=no_face, face_config=face_config,
-        threshold=threshold, bands=bands, batch_size=batch_size, device=device,
+        model=list(detectors), face_crop=run.face_crop, face_config=run.face,
+        no_face=run.no_face, threshold=run.user_threshold, bands=run.bands,
+        batch_size=batch_size, device=device,
         num_workers=num_workers, progress=progress, stop=stop, provenance=False, stability=False)
     if max_pixels is not None:
         options["max_pixels"] = max_pixels
@@ -111,11 +112,14 @@ def judge(seen: Sequence[tuple[str, float, str]]) -> tuple[str, str]:
         f"{name} {score:.3f} ({label})" for name, score, label in seen)
 
 
-def relabel(frame: pd.DataFrame, scheme: Callable[[float], str]) -> pd.DataFrame:
+def relabel(frame: pd.DataFrame, scheme: Callable[[float], str],
+            rule: str | None = None) -> pd.DataFrame:
     """Label the scored rows of ``frame`` again with ``scheme`` (e.g. a new threshold), judging
-    stability again from the recorded ``stability_scores`` where the check ran."""
+    stability again from the recorded ``stability_scores`` where the check ran; ``rule`` (e.g.
+    ``Scoring.rule``) is recorded in ``label_rule`` of the relabelled rows."""
     out = frame.copy()
     labels, reasons = out["label"].tolist(), out["stability_reason"].tolist()
+    rules = out["label_rule"].tolist() if "label_rule" in out else [""] * len(out)
     for position, row in enumerate(out[["fake_score", "stability_scores"]].itertuples()):
         if row.fake_score is None or math.isnan(row.fake_score):
             continue
@@ -125,7 +129,11 @@ def relabel(frame: pd.DataFrame, scheme: Callable[[float], str]) -> pd.DataFrame
             if value and value != "none":
                 seen.append((name, float(value), scheme(float(value))))
         labels[position], reasons[position] = judge(seen)
+        if rule is not None:
+            rules[position] = rule
     out["label"] = pd.Series(labels, index=out.index, dtype=object)
+    if "label_rule" in out:
+        out["label_rule"] = pd.Series(rules, index=out.index, dtype=object)
     out["stability_reason"] = pd.Series(reasons, index=out.index, dtype=object)
     return out
 

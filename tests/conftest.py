@@ -18,6 +18,24 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 """The labelled training images beside the project (absent on a user's machine)."""
 
 
+REQUIRE_ENV = "DEEPFAKE_TOOLKIT_REQUIRE_TESTS"
+"""Comma-separated markers (e.g. "browser,train") whose tests must run: CI sets it, so that a
+test skipped for a missing install fails the run instead of passing unseen."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    required = {m.strip() for m in os.environ.get(REQUIRE_ENV, "").split(",") if m.strip()}
+    marked = sorted(m for m in required if item.get_closest_marker(m))
+    if report.skipped and marked:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} is required ({REQUIRE_ENV} names "
+                           f"{', '.join(marked)}) but was skipped: {reason}")
+
+
 def needs_shared_data() -> pytest.MarkDecorator:
     """Skip marker for tests that read ../shared/data/faces-train."""
     return pytest.mark.skipif(not SHARED_DATA.is_dir(),

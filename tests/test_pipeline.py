@@ -225,3 +225,36 @@ def test_progress_moves_per_image(detector, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "_progress_bar", lambda *args: Bar())
     classify_directory(tmp_path, detector, face_crop=False, batch_size=4, num_workers=0)
     assert updates == [1] * 6
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_detection_in_the_main_process_gives_the_rows_of_detection_in_workers(
+        detector, astronaut, no_face_image, tmp_path, monkeypatch, workers):
+    """The CUDA path (MTCNN batched in the main process), run on the CPU."""
+    from deepfake_toolkit import pipeline
+
+    astronaut.save(tmp_path / "face.png")
+    astronaut.resize((300, 300)).rotate(8).save(tmp_path / "face_small.jpg")
+    no_face_image.save(tmp_path / "cup.png")
+    Image.new("RGB", (1, 1), "white").save(tmp_path / "dot.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    files = sorted(tmp_path.iterdir())
+    in_workers = classify_files(files, detector, num_workers=workers, progress=False,
+                                provenance=False)
+    calls = []
+    batched = pipeline._detect_in_main
+
+    def detect_in_main(*args, **kwargs):
+        calls.append(len(args[0]))
+        return batched(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_detects_in_batches", lambda cropper, device: True)
+    monkeypatch.setattr(pipeline, "_detect_in_main", detect_in_main)
+    in_main = classify_files(files, detector, num_workers=workers, progress=False,
+                             provenance=False, batch_size=4)
+    assert calls == [4, 1]
+    for column in ("path", "label", "region", "face_found", "n_faces", "error"):
+        assert in_main[column].tolist() == in_workers[column].tolist(), column
+    np.testing.assert_allclose(in_main["fake_score"], in_workers["fake_score"], atol=1e-5)
+    assert in_main.set_index("path").loc[str(tmp_path / "face.png"), "region"] == "face"
+    assert in_main.set_index("path").loc[str(tmp_path / "broken.jpg"), "label"] == "error"

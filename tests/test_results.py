@@ -4,7 +4,7 @@ import os
 import pandas as pd
 import pytest
 
-from deepfake_toolkit.results import COLUMNS, Bands, Threshold, label_scheme, read_csv, \
+from deepfake_toolkit.results import COLUMNS, Bands, read_csv, \
     read_parquet, read_table, results_frame, summary, write_csv, write_parquet, write_table
 
 
@@ -62,16 +62,6 @@ def test_bands_mirror_the_original_labels():
     assert [bands(s) for s in (0.95, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)] == [
         "likely fake", "weakly fake", "weakly fake", "uncertain", "uncertain", "weakly real",
         "weakly real", "likely real", "likely real"]
-
-
-def test_label_scheme_precedence():
-    assert label_scheme(None) == Bands()
-    assert label_scheme(None, model_threshold=0.3) == Threshold(0.3)
-    assert label_scheme(None, model_threshold=0.3, bands=True) == Bands()
-    assert label_scheme(0.7, model_threshold=0.3) == Threshold(0.7)
-    assert Threshold(0.5)(0.5) == "fake" and Threshold(0.5)(0.4999) == "real"
-    with pytest.raises(ValueError):
-        Threshold(1.5)
 
 
 def test_summary_counts():

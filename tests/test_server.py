@@ -147,7 +147,8 @@ def test_task_schema_has_the_original_inputs_and_parameters(client) -> None:
     assert parameters["models"]["parameter_type"] == "enum"
     assert [v["key"] for v in parameters["models"]["enum_vals"]] == [*list_models(), ALL_MODELS]
     assert parameters["facecrop"]["parameter_type"] == "enum"
-    assert [v["key"] for v in parameters["facecrop"]["enum_vals"]] == ["true", "false"]
+    assert [v["key"] for v in parameters["facecrop"]["enum_vals"]] == ["model", "true", "false"]
+    assert parameters["facecrop"]["default"] == "model"
     assert parameters["threshold"] == {"parameter_type": "text", "default": ""}
 
 
@@ -155,7 +156,7 @@ def test_sample_payload_and_payload_schema_match_the_task(client) -> None:
     sample = client.get("/predict/sample_payload").get_json()
     assert set(sample["inputs"]) == {"input_dataset", "output_file"}
     assert all("path" in value for value in sample["inputs"].values())
-    assert sample["parameters"] == {"models": "default", "facecrop": "true", "threshold": ""}
+    assert sample["parameters"] == {"models": "default", "facecrop": "model", "threshold": ""}
     schema = client.get("/predict/payload_schema").get_json()
     assert schema["title"] == "RequestBody"
     assert set(schema["required"]) == {"inputs", "parameters"}
@@ -277,7 +278,7 @@ BAD_REQUESTS: dict[str, tuple[BadCase, tuple[str, ...]]] = {
          f"Download it from {UNWEIGHTED_URL}")),
     "facecrop not true/false": (
         lambda f: payload(f.images, f.bad_output, facecrop="maybe"),
-        ("facecrop must be 'true' or 'false'",)),
+        ("facecrop must be 'model', 'true' or 'false'",)),
     "threshold out of range": (
         lambda f: payload(f.images, f.bad_output, threshold="1.5"),
         ("threshold must be empty", "between 0 and 1")),

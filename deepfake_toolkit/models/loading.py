@@ -29,20 +29,30 @@ class WeightsMismatchError(ValueError):
     """A weight file does not fit its model (keys, shapes, or recorded preprocessing)."""
 
 
+class DeviceUnavailableError(ValueError):
+    """The device asked for does not exist here (CUDA without a usable GPU, or no such name)."""
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn "auto", "cpu", "cuda" or "cuda:N" into a :class:`torch.device`.
 
     Raises:
-        ValueError: CUDA was asked for but is not available, or the name is not a device.
+        DeviceUnavailableError: CUDA was asked for but is not available, or the name is not a
+            device.
     """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device '{device}': use auto, cpu or cuda") from None
+        raise DeviceUnavailableError(f"unknown device '{device}': use auto, cpu or cuda") \
+            from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but this machine has no usable CUDA GPU")
+        raise DeviceUnavailableError("device 'cuda' was asked for but this machine has no "
+                                     "usable CUDA GPU: use --device cpu (or auto)")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise DeviceUnavailableError(f"device '{device}' was asked for but this machine has "
+                                     f"{torch.cuda.device_count()} CUDA GPU(s)")
     return resolved
 
 
@@ -140,15 +150,7 @@ def read_weights(spec: ModelSpec, path: str | os.PathLike[str]
         WeightsFileError: The file cannot be read, or its recorded metadata is damaged.
         WeightsMismatchError: The file records another preprocessing or output convention.
     """
-    recorded = check_recorded_spec(spec, path)
-    if recorded:
-        extra = recorded.get("extra")
-        threshold = recorded.get("threshold")
-        spec = dataclasses.replace(
-            spec, threshold=float(threshold) if threshold is not None else spec.threshold,
-            extra={**spec.extra, **extra} if isinstance(extra, dict) else spec.extra,
-            face_crop=(face_config_from_record(recorded["face_crop"]) if "face_crop" in recorded
-                       else spec.face_crop))
+    spec = _with_record(spec, check_recorded_spec(spec, path))
     try:
         state_dict = spec.load_state_dict(str(path))
     except (WeightsFileError, WeightsMismatchError):
@@ -162,6 +164,33 @@ def read_weights(spec: ModelSpec, path: str | os.PathLike[str]
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise WeightsFileError(f"{path} does not hold a state dict of named tensors")
     return spec, state_dict
+
+
+def _with_record(spec: ModelSpec, recorded: dict | None) -> ModelSpec:
+    """``spec`` with what its weight file records: operating threshold, face-crop settings and
+    facts (they were chosen and measured with these weights, so they travel with them)."""
+    if not recorded:
+        return spec
+    extra = recorded.get("extra")
+    threshold = recorded.get("threshold")
+    return dataclasses.replace(
+        spec, threshold=float(threshold) if threshold is not None else spec.threshold,
+        extra={**spec.extra, **extra} if isinstance(extra, dict) else spec.extra,
+        face_crop=(face_config_from_record(recorded["face_crop"]) if "face_crop" in recorded
+                   else spec.face_crop))
+
+
+def recorded_policy(name: str, weights_dir: str | os.PathLike[str] | None = None) -> Scoring:
+    """Model ``name``'s own scoring policy as its weight file records it, read from the file's
+    metadata without loading the weights (for listings; a loaded model has ``.scoring``).
+
+    Raises:
+        WeightsNotFoundError, WeightsFileError, WeightsMismatchError: As :func:`load_model`.
+    """
+    spec = get_spec(name)
+    path = find_weight_file(spec.weights[0], spec.name, weights_dir)
+    spec = _with_record(spec, check_recorded_spec(spec, path))
+    return Scoring(face=spec.face_crop, threshold=spec.threshold)
 
 
 def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
