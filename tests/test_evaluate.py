@@ -442,6 +442,9 @@ def test_evaluate_labels_as_classify_does(graded_folder, thresholded_model, thre
     at_half = {p: "fake" if s >= 0.5 else "real"
                for p, s in zip(classified["path"].map(str), classified["fake_score"])}
     assert labels != at_half  # the toy scores make the threshold matter
+    clean = evaluation.per_image[evaluation.per_image["perturbation"] == "none"]
+    assert set(clean["label_rule"]) == set(classified["label_rule"]) == {
+        f"threshold {expected:g} ({rule})"}
     point = evaluation.operating_points[THRESHOLDED_MODEL]
     assert (point.threshold, point.rule) == (pytest.approx(expected), rule)
     written = evaluation.write(tmp_path / "report")
