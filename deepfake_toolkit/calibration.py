@@ -1,29 +1,24 @@
-"""Operating points: score calibration (temperature or Platt scaling) and threshold choice.
+"""Score calibration (temperature or Platt scaling) and threshold choice on labelled scores.
 
-An :class:`OperatingPoint` says how one model's fake scores become verdicts: an optional
-:class:`ScoreCalibration`, then a threshold. Fitted on one labelled set, it is saved to JSON and
-applied to another, so the threshold is never tuned on the images it is judged on.
+The fitting half of an operating point (see :mod:`deepfake_toolkit.operating_points`): a
+:class:`ScoreCalibration` maps fake scores onto calibrated probabilities, and
+:func:`choose_threshold` picks a threshold by balanced accuracy or a false-positive-rate target.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
 from .metrics import two_classes
 
-ThresholdRule = Literal["fixed", "balanced_accuracy", "fpr"]
+__all__ = ["CALIBRATION_METHODS", "CalibrationMethod", "ScoreCalibration", "choose_threshold"]
+
 CalibrationMethod = Literal["temperature", "platt"]
-THRESHOLD_RULES: tuple[str, ...] = ("fixed", "balanced_accuracy", "fpr")
 CALIBRATION_METHODS: tuple[str, ...] = ("temperature", "platt")
-DEFAULT_THRESHOLD = 0.5
-"""Threshold of a model that has no operating threshold of its own."""
 _SCORE_EPS = 1e-7
 
 
@@ -139,89 +134,3 @@ def choose_threshold(y_true: Sequence[int], scores: Sequence[float],
         return float(min(1.0, np.nextafter(thresholds[1], np.inf)))
     lower = thresholds[index + 1] if index + 1 < len(thresholds) else 0.0
     return float(min(1.0, (thresholds[index] + lower) / 2))
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """How one model's scores are turned into verdicts: an optional calibration, then a threshold.
-
-    Attributes:
-        model: Model name.
-        threshold: Verdict "fake" when the (calibrated) score is >= this.
-        rule: How the threshold was chosen: "fixed", "balanced_accuracy" or "fpr".
-        target_fpr: The false-positive rate aimed at (rule "fpr").
-        calibration: Score calibration applied before the threshold, or None.
-        fitted_on: Which labelled images the threshold and calibration were fitted on.
-        n_real: Real images they were fitted on.
-        n_fake: Fake images they were fitted on.
-    """
-
-    model: str
-    threshold: float = DEFAULT_THRESHOLD
-    rule: ThresholdRule = "fixed"
-    target_fpr: float | None = None
-    calibration: ScoreCalibration | None = None
-    fitted_on: str = ""
-    n_real: int = 0
-    n_fake: int = 0
-
-    def scores(self, fake_scores: Sequence[float] | np.ndarray) -> np.ndarray:
-        """The scores the threshold applies to (calibrated when there is a calibration)."""
-        raw = np.asarray(fake_scores, dtype=float)
-        return self.calibration(raw) if self.calibration else raw
-
-    def describe(self) -> str:
-        """The rule in words, e.g. "FPR <= 5% (0.612)"."""
-        if self.rule == "fpr":
-            text = f"FPR <= {self.target_fpr:.1%} ({self.threshold:.3f})"
-        elif self.rule == "balanced_accuracy":
-            text = f"max balanced accuracy ({self.threshold:.3f})"
-        else:
-            text = f"fixed {self.threshold:.3f}"
-        if self.calibration:
-            text += f", {self.calibration.method} scaling"
-        return text
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["calibration"] = self.calibration.to_dict() if self.calibration else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OperatingPoint:
-        calibration = data.get("calibration")
-        target = data.get("target_fpr")
-        return cls(model=str(data["model"]), threshold=float(data["threshold"]),
-                   rule=data.get("rule", "fixed"),
-                   target_fpr=None if target is None else float(target),
-                   calibration=ScoreCalibration.from_dict(calibration) if calibration else None,
-                   fitted_on=str(data.get("fitted_on", "")), n_real=int(data.get("n_real", 0)),
-                   n_fake=int(data.get("n_fake", 0)))
-
-
-def save_operating_points(points: Mapping[str, OperatingPoint],
-                          path: str | os.PathLike[str]) -> Path:
-    """Write operating points (thresholds and calibrations) to JSON for another evaluation."""
-    from . import __version__
-
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"deepfake_toolkit_version": __version__,
-                "models": {name: point.to_dict() for name, point in points.items()}}
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return path
-
-
-def load_operating_points(path: str | os.PathLike[str]) -> dict[str, OperatingPoint]:
-    """Read operating points written by :func:`save_operating_points`.
-
-    Raises:
-        ValueError: The file is not an operating-points JSON.
-    """
-    path = Path(path).expanduser()
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        return {name: OperatingPoint.from_dict(data) for name, data in document["models"].items()}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path} is not an operating-points file written by deepfake-toolkit "
-                         f"evaluate ({type(exc).__name__}: {exc})") from None

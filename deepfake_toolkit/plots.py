@@ -1,5 +1,5 @@
-"""Plotly figures for evaluations: ROC and PR curves, score histograms, reliability diagrams,
-confusion matrices, per-subset metrics and robustness heatmaps.
+"""Plotly figures for evaluations and the explorer: ROC and PR curves, the score histogram,
+reliability diagrams, confusion matrices, per-subset metrics and robustness heatmaps.
 
 Every function takes a pandas DataFrame and returns a ``plotly.graph_objects.Figure``, so the same
 figures serve the HTML report, notebooks and anything else. Curves and histograms take a table of
@@ -18,8 +18,10 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-CLASS_COLOURS = {"real": "#1f77b4", "fake": "#d62728"}
-"""Colours of the two classes in histograms."""
+LABEL_COLOURS: dict[str, str] = {"real": "#1f77b4", "fake": "#d62728", "unknown": "#7f7f7f",
+                                 "all": "#4c72b0"}
+"""Colours of the labels (true, or known from folder names) in every figure and the explorer;
+"all" when no label is known."""
 PALETTE = qualitative.Plotly
 """Colours of the groups (models), in order."""
 _LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50))
@@ -115,32 +117,83 @@ def pr_figure(frame: pd.DataFrame, *, score_column: str = "fake_score",
     return figure
 
 
-def score_histogram_figure(frame: pd.DataFrame, *, score_column: str = "fake_score",
-                           label_column: str = "true_label", group_column: str | None = "model",
-                           threshold_column: str | None = "threshold", nbins: int = 40,
-                           title: str = "Score distributions per class") -> go.Figure:
-    """Histogram of scores per class, one panel per group, each class normalised to 100%.
+def score_histogram(frame: pd.DataFrame, *, score_column: str = "fake_score",
+                    label_column: str = "true_label", group_column: str | None = "model",
+                    threshold_column: str | None = "threshold", bins: int = 20,
+                    normalise: bool = False, widget: bool = False,
+                    title: str = "Scores per model") -> go.Figure:
+    """Histogram of scores, one panel per group (model), coloured by the images' labels.
 
-    A dashed line marks the group's threshold when ``threshold_column`` is in the table.
+    The one score histogram of the toolkit: the evaluation report (true labels, each class
+    normalised, the threshold marked) and the explorer (labels known from folder names, a live
+    widget whose drag-selection picks a score range) both draw it.
+
+    Args:
+        frame: One row per scored image (and group); rows without a score are left out.
+        score_column: Scores in [0, 1], higher = more likely fake.
+        label_column: Labels ("real"/"fake", or 0/1 with 1 = fake; anything else, or a missing
+            column, counts as unknown). With no label known, one "all" trace per panel.
+        group_column: One panel per value (e.g. model); None for one panel.
+        threshold_column: A dashed line at each group's first value of this column, when the
+            table has it.
+        bins: Number of equal bins over [0, 1].
+        normalise: Show each label's share of its images (%) instead of counts.
+        widget: Return a :class:`plotly.graph_objects.FigureWidget` (live and selectable in a
+            notebook; needs anywidget) instead of a static figure.
+        title: Figure title.
+
+    Returns:
+        The figure. Each trace carries the image paths (``customdata``, when the table has a
+        ``path`` column) and its group (``meta["model"]``), so a selection can be traced back to
+        the images (see :class:`deepfake_toolkit.widgets.Explorer`).
     """
-    groups = _groups(frame, group_column)
-    figure = make_subplots(rows=1, cols=len(groups), shared_yaxes=True,
-                           subplot_titles=[name for name, _ in groups])
-    for column, (_, rows) in enumerate(groups, start=1):
-        fake = _is_fake(rows[label_column])
-        for class_name, mask in (("real", ~fake), ("fake", fake)):
+    labels = _label_names(frame[label_column]) if label_column in frame else "unknown"
+    frame = frame.assign(_shown_label=labels)
+    groups = _groups(frame, group_column) or [("(no results)", frame)]
+    present = [name for name in ("real", "fake", "unknown")
+               if (frame["_shown_label"] == name).any()]
+    shown = ["all"] if set(present) <= {"unknown"} else present
+    figure = make_subplots(rows=len(groups), cols=1, shared_xaxes=True,
+                           subplot_titles=[name for name, _ in groups],
+                           vertical_spacing=0.12 / len(groups))
+    for row, (name, rows) in enumerate(groups, start=1):
+        scored = rows[rows[score_column].notna()]
+        for label in shown:
+            chosen = scored if label == "all" else scored[scored["_shown_label"] == label]
             figure.add_trace(go.Histogram(
-                x=rows.loc[mask, score_column].dropna(), name=class_name,
-                legendgroup=class_name, showlegend=column == 1, histnorm="percent",
-                xbins=dict(start=0.0, end=1.0, size=1.0 / nbins), opacity=0.6,
-                marker_color=CLASS_COLOURS[class_name]), row=1, col=column)
+                x=chosen[score_column].to_numpy(float), name=label, legendgroup=label,
+                showlegend=row == 1, marker_color=LABEL_COLOURS[label], opacity=0.7,
+                histnorm="percent" if normalise else None,
+                xbins=dict(start=0.0, end=1.0, size=1.0 / bins),
+                customdata=chosen["path"].to_numpy() if "path" in chosen else None,
+                hovertemplate=f"{score_column} %{{x}}<br>%{{y}}"
+                              f"{'% of the class' if normalise else ' images'}"
+                              f"<extra>{label}</extra>",
+                meta={"model": name}), row=row, col=1)
         if threshold_column and threshold_column in rows and rows[threshold_column].notna().any():
-            figure.add_vline(x=float(rows[threshold_column].dropna().iloc[0]), row=1, col=column,
+            figure.add_vline(x=float(rows[threshold_column].dropna().iloc[0]), row=row, col=1,
                              line=dict(color="black", dash="dash", width=1))
-    figure.update_layout(title=title, barmode="overlay", **_LAYOUT)
-    figure.update_xaxes(range=[0, 1], title_text="fake score")
-    figure.update_yaxes(title_text="% of the class", row=1, col=1)
-    return figure
+        figure.update_yaxes(title_text="% of the class" if normalise else "images", row=row,
+                            col=1)
+    figure.update_xaxes(range=[0, 1])
+    figure.update_xaxes(title_text="fake_score = P(fake)", row=len(groups), col=1)
+    figure.update_layout(title=title, barmode="overlay", dragmode="select",
+                         height=220 + 180 * len(groups),
+                         legend_title_text="" if shown == ["all"] else "label", **_LAYOUT)
+    return go.FigureWidget(figure) if widget else figure
+
+
+def _label_names(labels: pd.Series) -> pd.Series:
+    """"real", "fake" or "unknown" for each label ("real"/"fake" in any case, or 0/1)."""
+    def name(value: object) -> str:
+        text = str(value).strip().lower()
+        if text in ("real", "0", "0.0"):
+            return "real"
+        if text in ("fake", "1", "1.0"):
+            return "fake"
+        return "unknown"
+
+    return labels.map(name)
 
 
 def reliability_figure(reliability: pd.DataFrame, *, group_column: str | None = "model",

@@ -12,14 +12,43 @@ import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 import pandas as pd
 
+from .labels import ALL_IMAGES
+from .operating_points import OperatingPoint, save_operating_points
+from .per_image import write_per_image
 from .results import write_csv
 
 if TYPE_CHECKING:
-    from .evaluate import Evaluation
+    import plotly.graph_objects as go
+
+
+class Evaluated(Protocol):
+    """What a report shows of an evaluation (:class:`deepfake_toolkit.evaluate.Evaluation` is
+    one); the report reads these tables and never runs an evaluation itself."""
+
+    per_image: pd.DataFrame
+    metrics: pd.DataFrame
+    reliability: pd.DataFrame
+    robustness: pd.DataFrame
+    confounds: pd.DataFrame
+    operating_points: Mapping[str, OperatingPoint]
+    notes: list[str]
+    settings: dict[str, Any]
+    heatmaps: pd.DataFrame | None
+
+    @property
+    def models(self) -> list[str]: ...
+
+    @property
+    def overall(self) -> pd.DataFrame: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    def figures(self) -> dict[str, go.Figure]: ...
 
 FILE_NAMES = {
     "per_image": "per_image.csv",
@@ -88,12 +117,11 @@ h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ddd; }
 """
 
 
-def report_html(evaluation: Evaluation, title: str = "Deepfake detector evaluation") -> str:
+def report_html(evaluation: Evaluated, title: str = "Deepfake detector evaluation") -> str:
     """The evaluation as one self-contained HTML page (plotly.js inline)."""
     from plotly.offline import get_plotlyjs
 
     from . import __version__
-    from .evaluate import ALL_IMAGES
 
     settings = evaluation.settings
     created = settings.get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -207,7 +235,7 @@ def _heatmaps_html(heatmaps: pd.DataFrame | None) -> list[str]:
             "<div>" + "".join(cards) + "</div>"]
 
 
-def write_report(evaluation: Evaluation, folder: str | os.PathLike[str]) -> dict[str, Path]:
+def write_report(evaluation: Evaluated, folder: str | os.PathLike[str]) -> dict[str, Path]:
     """Write everything an evaluation found to ``folder`` (created if needed).
 
     Files (see :data:`FILE_NAMES`): per_image.csv (scores, true labels and operating points of
@@ -220,7 +248,6 @@ def write_report(evaluation: Evaluation, folder: str | os.PathLike[str]) -> dict
         Kind -> path written.
     """
     from . import __version__
-    from .evaluate import save_operating_points, write_per_image
 
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)

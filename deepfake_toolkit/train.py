@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from .calibration import choose_threshold
-from .evaluate import folder_label
+from .labels import folder_label
 from .faces import Face, FaceCropConfig, FaceCropper, crop_window
 from .images import ImageReadError, find_images, load_image
 from .metrics import binary_metrics
@@ -109,7 +109,7 @@ def find_labelled_images(root: str | os.PathLike[str],
     """List the labelled images under ``root``.
 
     A file's label comes from a folder named real/0_real or fake/1_fake in its path (see
-    :func:`deepfake_toolkit.evaluate.folder_label`); its source is the first folder under
+    :func:`deepfake_toolkit.labels.folder_label`); its source is the first folder under
     ``root`` ("." when real/ and fake/ sit directly in it); its group defaults to the file itself.
 
     Args:

@@ -26,13 +26,15 @@ import ipywidgets as widgets
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from .explore_plots import LABEL_COLOURS, score_histogram, with_known_labels
 from .faces import NO_FACE_POLICIES, FaceCropConfig, crop_window
 from .images import ImageReadError, find_images, load_image, printable_path
-from .models import list_models, weights_available
+from .labels import with_known_labels
+from .models import Detector, list_models, load_model, weights_available
 from .evidence import EVIDENCE_CAVEAT, MANIFEST_STATUSES
 from .pipeline import classify_files
-from .results import Threshold, results_frame, text_series, write_csv
+from .plots import LABEL_COLOURS, score_histogram
+from .results import results_frame, text_series, write_csv
+from .scoring import Scoring
 from .stability import relabel
 
 THUMBNAIL_SIDE = 200
@@ -59,6 +61,12 @@ STABILITY_FILTERS = {
     "stable": lambda t: t["stability_spread"].notna() & (t["stability_reason"] == ""),
 }
 """The explorer's stability filter: name -> row mask of a result table."""
+
+
+def _slider_start(scoring: Scoring) -> float:
+    """Where the threshold slider starts for a model: its operating threshold, or 0.5 for a
+    model without one (it labels by the five bands until the slider is moved)."""
+    return 0.5 if scoring.threshold is None else scoring.threshold
 
 
 def model_options(weights_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
@@ -142,10 +150,15 @@ class Explorer(widgets.VBox):
     Args:
         folder: Folder shown in the folder chooser at start (default: the current folder).
         models: Models selected at start (default: "default").
-        face_crop: Start with face cropping on.
-        no_face: Start with this no-face policy ("whole" or "skip").
-        threshold: Start value of the threshold slider: "fake" when fake_score >= threshold.
-            Moving the slider relabels the results at once, without running again.
+        face_crop: Start with face cropping on (True) or off (False); None: as the first selected
+            model's own policy (``detector.scoring``) says.
+        no_face: Start with this no-face policy ("whole" or "skip"); None: the model's own.
+        threshold: A threshold of your own to start with: "fake" when fake_score >= threshold.
+            None (default) starts the slider at the first selected model's operating threshold
+            and labels each model by its own rule ("model default"); moving the slider makes it
+            your threshold for every model, which is what the results record, and "Reset to
+            model default" goes back. The slider relabels the results at once, without running
+            again.
         batch_size: Images per batch (also how often the progress bar moves).
         num_workers: Decoding processes; 0 (default) decodes in the background thread, which is
             safest inside a notebook kernel.
@@ -167,9 +180,9 @@ class Explorer(widgets.VBox):
         self,
         folder: str | os.PathLike[str] | None = None,
         models: tuple[str, ...] | list[str] = ("default",),
-        face_crop: bool = True,
-        no_face: str = "whole",
-        threshold: float = 0.5,
+        face_crop: bool | None = None,
+        no_face: str | None = None,
+        threshold: float | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
         weights_dir: str | os.PathLike[str] | None = None,
@@ -183,7 +196,7 @@ class Explorer(widgets.VBox):
         self.device = device
         self.gallery_size = gallery_size
         self.results = with_known_labels(results_frame([]))
-        self._detectors: dict[str, Any] = {}
+        self._detectors: dict[tuple[str, str, str], Detector] = {}
         self._cropper: Any = None
         self.error = ""
         self._root: Path | None = None
@@ -191,6 +204,7 @@ class Explorer(widgets.VBox):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._updating_filters = False
+        self._setting_slider = False
 
         self.folder_chooser = _folder_chooser(Path(folder or Path.cwd()).expanduser())
         options = model_options(weights_dir)
@@ -199,18 +213,26 @@ class Explorer(widgets.VBox):
             options=options, value=tuple(m for m in models if m in names),
             description="Models", rows=min(6, max(2, len(options))),
             layout=widgets.Layout(width="420px"), style={"description_width": "initial"})
+        own = self.model_scoring()
+        face_crop = own.face_crop if face_crop is None else face_crop
         self.face_crop_box = widgets.Checkbox(value=face_crop, description="Score face crops",
                                               indent=False)
         self.no_face_select = widgets.Dropdown(
             options=[("score the whole image", "whole"), ("skip the image", "skip")],
-            value=no_face if no_face in NO_FACE_POLICIES else "whole",
+            value=no_face if no_face in NO_FACE_POLICIES else own.no_face,
             description="No face found:", style={"description_width": "initial"},
             disabled=not face_crop)
         self.stability_box = widgets.Checkbox(
             value=stability, description="Stability check (4x the work)", indent=False)
+        self.user_threshold = threshold is not None
         self.threshold_slider = widgets.FloatSlider(
-            value=threshold, min=0.0, max=1.0, step=0.01, description="Fake if score ≥",
-            readout_format=".2f", continuous_update=False, style={"description_width": "initial"})
+            value=_slider_start(own) if threshold is None else threshold, min=0.0, max=1.0,
+            step=0.001, description="Fake if score ≥", readout_format=".3f",
+            continuous_update=False, style={"description_width": "initial"})
+        self.threshold_note = widgets.HTML()
+        self.reset_threshold_button = widgets.Button(description="Reset to model default",
+                                                     icon="undo",
+                                                     layout=widgets.Layout(width="auto"))
         self.run_button = widgets.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop",
                                           disabled=True)
@@ -237,7 +259,7 @@ class Explorer(widgets.VBox):
         self.table = widgets.HTML(layout=widgets.Layout(max_height="360px", overflow="auto"))
         self.gallery = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap"))
         self.gallery_caption = widgets.HTML()
-        self.figure = score_histogram(self.results, widget=True)
+        self.figure = score_histogram(self.results, label_column="known_label", widget=True)
         self.figure_box = widgets.VBox([self.figure])
         self.csv_path = widgets.Text(value=str(Path.cwd() / "deepfake_scores.csv"),
                                      description="CSV file", layout=widgets.Layout(width="60%"))
@@ -248,7 +270,10 @@ class Explorer(widgets.VBox):
         self.run_button.on_click(lambda _: self.run())
         self.stop_button.on_click(lambda _: self.stop())
         self.export_button.on_click(lambda _: self.export_csv())
-        self.threshold_slider.observe(lambda _: self._relabel(), names="value")
+        self.threshold_slider.observe(self._on_threshold, names="value")
+        self.reset_threshold_button.on_click(lambda _: self.reset_threshold())
+        self.model_select.observe(self._on_models, names="value")
+        self._show_threshold_note()
         for control in (self.label_filter, self.known_filter, self.provenance_filter,
                         self.stability_filter, self.sort_select, self.descending_box,
                         self.score_range):
@@ -258,7 +283,9 @@ class Explorer(widgets.VBox):
             self.folder_chooser,
             widgets.HBox([self.model_select,
                           widgets.VBox([self.face_crop_box, self.no_face_select,
-                                        self.stability_box, self.threshold_slider])]),
+                                        self.stability_box, self.threshold_slider,
+                                        widgets.HBox([self.threshold_note,
+                                                      self.reset_threshold_button])])]),
             widgets.HBox([self.run_button, self.stop_button, self.progress]),
             self.status,
         ])
@@ -302,6 +329,54 @@ class Explorer(widgets.VBox):
 
     def _on_face_crop(self, change: dict) -> None:
         self.no_face_select.disabled = not change["new"]
+
+    def model_scoring(self) -> Scoring:
+        """The scoring policy of the first selected model (``detector.scoring``), or the
+        defaults when none is selected or its weights cannot be loaded."""
+        models = list(self.model_select.value)
+        if not models:
+            return Scoring()
+        try:
+            return self._detector(models[0]).scoring
+        except Exception:  # noqa: BLE001 - a model that cannot load is reported when run
+            return Scoring()
+
+    def reset_threshold(self) -> None:
+        """Label each model by its own rule again, the slider at the first model's operating
+        threshold (what "Reset to model default" does)."""
+        self.user_threshold = False
+        self._move_slider(_slider_start(self.model_scoring()))
+        self._show_threshold_note()
+        self._relabel()
+
+    def _move_slider(self, value: float) -> None:
+        """Set the slider without making its value the user's threshold."""
+        self._setting_slider = True
+        try:
+            self.threshold_slider.value = value
+        finally:
+            self._setting_slider = False
+
+    def _on_threshold(self, _: dict) -> None:
+        if self._setting_slider:
+            return
+        self.user_threshold = True
+        self._show_threshold_note()
+        self._relabel()
+
+    def _on_models(self, _: dict) -> None:
+        if not self.user_threshold:
+            self.reset_threshold()
+
+    def _show_threshold_note(self) -> None:
+        own = self.model_scoring()
+        default = "the five score bands" if own.threshold is None else f"{own.threshold:.4g}"
+        if self.user_threshold:
+            self.threshold_note.value = (f"<small>your threshold, for every model (model "
+                                         f"default: {default})</small>")
+        else:
+            self.threshold_note.value = f"<small>model default: {default}</small>"
+        self.reset_threshold_button.disabled = not self.user_threshold
 
     # -- running --------------------------------------------------------------------------
 
@@ -373,9 +448,11 @@ class Explorer(widgets.VBox):
                                       self.progress.value + len(rows) // max(1, len(models)))
 
         try:
+            detectors = [self._detector(model) for model in models]
             frame = classify_files(
-                files, model=models, face_crop=self.face_crop_box.value,
-                no_face=self.no_face_select.value, threshold=self.threshold_slider.value,
+                files, model=detectors, face_crop=self.face_crop_box.value,
+                no_face=self.no_face_select.value,
+                threshold=self.threshold_slider.value if self.user_threshold else None,
                 batch_size=self.batch_size, num_workers=self.num_workers,
                 weights_dir=self.weights_dir, device=self.device, progress=False,
                 stop=self._stop, on_batch=on_batch, stability=self.stability_box.value)
@@ -406,10 +483,11 @@ class Explorer(widgets.VBox):
     # -- views ----------------------------------------------------------------------------
 
     def _relabel(self) -> None:
-        """Relabel the scored rows with the slider's threshold, then redraw everything."""
+        """Relabel the scored rows (with the slider's threshold when it is the user's, else
+        each model by its own rule), then redraw everything."""
         with self._lock:
             if not self.results.empty:
-                self.results = relabel(self.results, Threshold(self.threshold_slider.value))
+                self.results = self._labelled(self.results)
         self._update_filters()
         self._refresh_views(new_figure=True)
 
@@ -557,17 +635,30 @@ class Explorer(widgets.VBox):
                                          "evidence of a fake (a coarse hint, not proof)</small>")]
         return overlay
 
-    def _detector(self, model: str):
-        from .models import load_model
+    def _labelled(self, results: pd.DataFrame) -> pd.DataFrame:
+        parts = []
+        for model, rows in results.groupby("model", sort=False):
+            own = self._detector(str(model)).scoring
+            scoring = own.override(threshold=self.threshold_slider.value) \
+                if self.user_threshold else own
+            rows = relabel(rows, scoring.labels)
+            if "label_rule" in rows:
+                rows["label_rule"] = scoring.rule
+            parts.append(rows)
+        return pd.concat(parts).loc[results.index]
 
-        if model not in self._detectors:
-            self._detectors[model] = load_model(model, self.weights_dir, self.device)
-        return self._detectors[model]
+    def _detector(self, model: str) -> Detector:
+        """The loaded model, loaded once per (name, weights folder, device) and reused by every
+        run, the slider and the Explain button."""
+        key = (model, str(self.weights_dir or ""), str(self.device))
+        if key not in self._detectors:
+            self._detectors[key] = load_model(model, self.weights_dir, self.device)
+        return self._detectors[key]
 
     def _render_figure(self) -> None:
         with self._lock:
             table = self.results
-        figure = score_histogram(table, widget=True)
+        figure = score_histogram(table, label_column="known_label", widget=True)
         for trace in figure.data:
             trace.on_selection(self._on_histogram_selection)
         self.figure = figure

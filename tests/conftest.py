@@ -98,3 +98,29 @@ def rgb_noise() -> Image.Image:
     """A small random RGB image."""
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def graded_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Labelled images for the toy model with a recorded threshold (see
+    :func:`tests.toy_models.write_graded_images`)."""
+    from .toy_models import write_graded_images
+
+    root = tmp_path_factory.mktemp("graded")
+    write_graded_images(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def thresholded_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Registers the toy model whose weight file records an operating threshold its registered
+    spec lacks (:data:`tests.toy_models.THRESHOLDED_MODEL`); yields its weights folder."""
+    from deepfake_toolkit.models import register_model, unregister_model
+
+    from .toy_models import THRESHOLDED_MODEL, save_thresholded_weights, thresholded_spec
+
+    folder = tmp_path_factory.mktemp("toy-weights")
+    save_thresholded_weights(folder)
+    register_model(thresholded_spec())
+    yield folder
+    unregister_model(THRESHOLDED_MODEL)

@@ -18,30 +18,24 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit import cli, plots
-from deepfake_toolkit.evaluate import (
-    ALL_IMAGES,
-    PER_IMAGE_COLUMNS,
+from deepfake_toolkit.confounds import (
     ConfoundWarning,
-    LabelError,
-    apply_operating_points,
     confound_check,
     estimate_jpeg_quality,
-    evaluate_directory,
-    evaluate_table,
     file_facts,
-    fit_operating_points,
-    folder_label,
-    label_files,
-    read_per_image,
-    score_labelled,
-    write_per_image,
 )
+from deepfake_toolkit.evaluate import evaluate_directory, evaluate_table, score_labelled
+from deepfake_toolkit.labels import ALL_IMAGES, LabelError, folder_label, label_files
+from deepfake_toolkit.operating_points import apply_operating_points, fit_operating_points
+from deepfake_toolkit.per_image import PER_IMAGE_COLUMNS, read_per_image, write_per_image
 from deepfake_toolkit.perturbations import (
     ROBUSTNESS_SUITE,
     Downscale,
     GaussianBlur,
     JpegCompression,
 )
+
+from .toy_models import OWN_THRESHOLD, THRESHOLDED_MODEL
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -345,7 +339,9 @@ def test_plot_functions_on_plain_tables():
     roc = plots.roc_figure(frame)
     assert [t.name for t in roc.data] == ["a (AUC 0.750)", "b (AUC 1.000)", "chance"]
     assert len(plots.pr_figure(frame).data) == 2
-    assert len(plots.score_histogram_figure(frame).data) == 4
+    histogram = plots.score_histogram(frame)
+    assert [(t.name, t.meta["model"], len(t.x)) for t in histogram.data] == [
+        ("real", "a", 2), ("fake", "a", 2), ("real", "b", 2), ("fake", "b", 2)]
     single = plots.roc_figure(frame, group_column=None, log_fpr=True)
     assert len(single.data) == 1 and single.layout.xaxis.type == "log"
 
@@ -418,6 +414,65 @@ def test_evaluate_directory_fits_on_a_tuning_folder(tiny_folder, random_default_
     assert evaluation.overall.loc[0, "threshold"] == pytest.approx(point.threshold)
     with pytest.raises(ValueError, match="not both"):
         evaluate_directory(tiny_folder, "default", operating_points={}, calibration="platt")
+
+
+# --------------------------------------------------------------------------------------------
+# The loaded model's own operating point
+
+def _labels_by_path(table: pd.DataFrame) -> dict[str, str]:
+    clean = table[table["perturbation"] == "none"] if "perturbation" in table else table
+    return dict(zip(clean["path"].map(str), clean["label"]))
+
+
+@pytest.mark.parametrize("threshold, rule", [(None, "model"), (0.3, "user")])
+def test_evaluate_labels_as_classify_does(graded_folder, thresholded_model, threshold, rule,
+                                          tmp_path):
+    from deepfake_toolkit.pipeline import classify_files
+
+    options = dict(face_crop=False, weights_dir=thresholded_model, progress=False,
+                   num_workers=0)
+    files = label_files(graded_folder)["path"]
+    classified = classify_files(files, THRESHOLDED_MODEL, threshold=threshold, **options)
+    evaluation = evaluate_directory(graded_folder, THRESHOLDED_MODEL, threshold=threshold,
+                                    n_bootstrap=0, **options)
+
+    expected = OWN_THRESHOLD if threshold is None else threshold
+    labels = _labels_by_path(evaluation.per_image)
+    assert labels == _labels_by_path(classified)
+    at_half = {p: "fake" if s >= 0.5 else "real"
+               for p, s in zip(classified["path"].map(str), classified["fake_score"])}
+    assert labels != at_half  # the toy scores make the threshold matter
+    clean = evaluation.per_image[evaluation.per_image["perturbation"] == "none"]
+    assert set(clean["label_rule"]) == set(classified["label_rule"]) == {
+        f"threshold {expected:g} ({rule})"}
+    point = evaluation.operating_points[THRESHOLDED_MODEL]
+    assert (point.threshold, point.rule) == (pytest.approx(expected), rule)
+    written = evaluation.write(tmp_path / "report")
+    per_image = read_per_image(written["per_image"])
+    assert per_image["threshold"].tolist() == pytest.approx([expected] * len(per_image))
+    assert {json.loads(r)["rule"] for r in per_image["threshold_rule"]} == {rule}
+    document = json.loads(written["metrics_json"].read_text())
+    assert document["operating_points"][THRESHOLDED_MODEL]["rule"] == rule
+
+
+def test_evaluate_loads_each_model_once(graded_folder, thresholded_model, monkeypatch):
+    from deepfake_toolkit import models, pipeline
+
+    loaded = []
+
+    def counting_load(name="default", *args, **kwargs):
+        loaded.append(name)
+        return models.loading.load_model(name, *args, **kwargs)
+
+    for module in (models, pipeline):
+        monkeypatch.setattr(module, "load_model", counting_load)
+    evaluation = evaluate_directory(
+        graded_folder, THRESHOLDED_MODEL, face_crop=False, robustness=True,
+        tune_on=graded_folder, threshold_rule="balanced_accuracy",
+        weights_dir=thresholded_model, progress=False, num_workers=0, n_bootstrap=0)
+    assert loaded == [THRESHOLDED_MODEL]
+    assert set(evaluation.per_image["perturbation"]) == {"none", *(
+        p.name for p in ROBUSTNESS_SUITE)}
 
 
 # --------------------------------------------------------------------------------------------

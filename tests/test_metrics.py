@@ -10,13 +10,7 @@ from scipy.stats import norm
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from deepfake_toolkit.calibration import (
-    OperatingPoint,
-    ScoreCalibration,
-    choose_threshold,
-    load_operating_points,
-    save_operating_points,
-)
+from deepfake_toolkit.calibration import ScoreCalibration, choose_threshold
 from deepfake_toolkit.metrics import (
     _rank_auc,
     binary_metrics,
@@ -25,6 +19,11 @@ from deepfake_toolkit.metrics import (
     expected_calibration_error,
     reliability_bins,
     tpr_at_fpr,
+)
+from deepfake_toolkit.operating_points import (
+    OperatingPoint,
+    load_operating_points,
+    save_operating_points,
 )
 
 # Reals score 0.1, 0.2, 0.3, 0.6 and fakes 0.4, 0.7, 0.8, 0.9: at threshold 0.6 one real in four

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from plotly.callbacks import BoxSelector, Points
 
-from deepfake_toolkit.explore_plots import known_label, score_histogram
 from deepfake_toolkit.images import find_images
+from deepfake_toolkit.labels import known_label
+from deepfake_toolkit.plots import score_histogram
 from deepfake_toolkit.models import WeightFile, get_spec, register_model, unregister_model
 from deepfake_toolkit.results import read_csv
 from deepfake_toolkit.widgets import Explorer, model_options
@@ -252,3 +253,68 @@ def test_provenance_stability_and_heatmap_beside_the_scores(tmp_path: Path, astr
     assert isinstance(explain_box.children[1], widgets.Image)
     overlay = explorer.explain(str(folder / "camera.jpg"), "default")
     assert overlay.size == (160, 160)
+
+
+def test_threshold_slider_starts_at_the_models_operating_threshold(
+        graded_folder: Path, thresholded_model: Path, tmp_path: Path) -> None:
+    from deepfake_toolkit.models import load_model
+    from deepfake_toolkit.pipeline import classify_files
+
+    from .toy_models import OWN_THRESHOLD, THRESHOLDED_MODEL
+
+    default = Explorer(tmp_path)
+    own = load_model("default").scoring
+    assert default.threshold_slider.value == pytest.approx(own.threshold)
+    assert default.face_crop_box.value is own.face_crop
+    assert default.user_threshold is False and default.reset_threshold_button.disabled
+    assert f"model default: {own.threshold:.4g}" in default.threshold_note.value
+
+    explorer = Explorer(graded_folder, models=(THRESHOLDED_MODEL,),
+                        weights_dir=thresholded_model)
+    assert explorer.threshold_slider.value == pytest.approx(OWN_THRESHOLD)
+    assert explorer.face_crop_box.value is False  # the toy model scores whole images
+    _run(explorer)
+    files = sorted(explorer.results["path"])
+    classified = classify_files(files, THRESHOLDED_MODEL, face_crop=False,
+                                weights_dir=thresholded_model, progress=False, num_workers=0)
+    labels = dict(zip(explorer.results["path"], explorer.results["label"]))
+    assert labels == dict(zip(classified["path"].map(str), classified["label"]))
+
+    # Moving the slider makes it the user's threshold; reset goes back to the model's own.
+    explorer.threshold_slider.value = 0.3
+    assert explorer.user_threshold and not explorer.reset_threshold_button.disabled
+    assert "your threshold" in explorer.threshold_note.value
+    at_user = classify_files(files, THRESHOLDED_MODEL, face_crop=False, threshold=0.3,
+                             weights_dir=thresholded_model, progress=False, num_workers=0)
+    assert dict(zip(explorer.results["path"], explorer.results["label"])) == \
+        dict(zip(at_user["path"].map(str), at_user["label"]))
+    assert at_user["label"].tolist() != classified["label"].tolist()
+    explorer.reset_threshold_button.click()
+    assert explorer.threshold_slider.value == pytest.approx(OWN_THRESHOLD)
+    assert not explorer.user_threshold
+    assert dict(zip(explorer.results["path"], explorer.results["label"])) == labels
+
+
+def test_explorer_loads_each_model_once_across_runs(
+        graded_folder: Path, thresholded_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfake_toolkit import models, pipeline, widgets as explorer_module
+
+    from .toy_models import THRESHOLDED_MODEL
+
+    loaded = []
+
+    def counting_load(name="default", *args, **kwargs):
+        loaded.append(name)
+        return models.loading.load_model(name, *args, **kwargs)
+
+    for module in (models, pipeline, explorer_module):
+        monkeypatch.setattr(module, "load_model", counting_load)
+    explorer = Explorer(graded_folder, models=(THRESHOLDED_MODEL,),
+                        weights_dir=thresholded_model)
+    _run(explorer)
+    explorer.threshold_slider.value = 0.4
+    _run(explorer)
+    assert loaded == [THRESHOLDED_MODEL]
+    results = explorer.results
+    assert results["label"].tolist() == ["fake" if score >= 0.4 else "real"
+                                         for score in results["fake_score"]]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from deepfake_toolkit.models import Detector, ModelSpec, Preprocess, WeightFile
+from PIL import Image
+
+from deepfake_toolkit.models import Detector, ModelSpec, Preprocess, WeightFile, save_weights
+from deepfake_toolkit.models.weights import load_safetensors
 
 
 class DetailScore(nn.Module):
@@ -50,6 +54,21 @@ class BrightPatchScore(nn.Module):
         return self.head(features.mean(dim=(2, 3)))
 
 
+class BrightnessScore(nn.Module):
+    """One logit = weight * mean brightness + bias (a linear layer, so it has weights to save):
+    with the defaults an image of mean grey level 128 scores 0.5 and brighter ones more."""
+
+    def __init__(self, weight: float = 8.0, bias: float = -4.0) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.head.weight.fill_(weight)
+            self.head.bias.fill_(bias)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(images.mean(dim=(1, 2, 3)).unsqueeze(1))
+
+
 def toy_detector(module: nn.Module, name: str, input_size: int = 64,
                  threshold: float | None = 0.5, explain_layer=None) -> Detector:
     """A :class:`Detector` around ``module`` (inputs in [0, 1], sigmoid = P(fake))."""
@@ -61,3 +80,35 @@ def toy_detector(module: nn.Module, name: str, input_size: int = 64,
         threshold=threshold, explain_layer=explain_layer)
     return Detector(spec=spec, module=module.eval(), device=torch.device("cpu"),
                     weights_path=Path(f"{name}.safetensors"))
+
+
+THRESHOLDED_MODEL = "toy_brightness"
+"""Registry name of :func:`thresholded_spec`'s model."""
+OWN_THRESHOLD = 0.7
+"""The operating threshold the weight file of :data:`THRESHOLDED_MODEL` records."""
+
+
+def thresholded_spec() -> ModelSpec:
+    """A :class:`BrightnessScore` model scoring the whole image, registered without a threshold
+    (its weight file, see :func:`save_thresholded_weights`, records :data:`OWN_THRESHOLD`)."""
+    return ModelSpec(name=THRESHOLDED_MODEL, description="toy: brighter is faker",
+                     build=BrightnessScore, load_state_dict=load_safetensors,
+                     preprocess=Preprocess(input_size=16), output="sigmoid_fake",
+                     weights=(WeightFile(f"{THRESHOLDED_MODEL}.safetensors"),), threshold=None,
+                     face_crop=None)
+
+
+def save_thresholded_weights(folder: Path) -> Path:
+    """Write the weights of :func:`thresholded_spec` with :data:`OWN_THRESHOLD` recorded."""
+    spec = dataclasses.replace(thresholded_spec(), threshold=OWN_THRESHOLD)
+    return save_weights(spec, BrightnessScore().state_dict(), folder / spec.weights[0].filename)
+
+
+def write_graded_images(root: Path) -> None:
+    """Flat grey images under real/ and fake/ whose brightness sets :class:`BrightnessScore`'s
+    score: some score between 0.5 and :data:`OWN_THRESHOLD`, so labels at the model's own
+    threshold differ from labels at 0.5."""
+    for label, levels in (("real", (70, 110, 130, 150)), ("fake", (100, 140, 160, 200))):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for level in levels:
+            Image.new("RGB", (40, 40), (level,) * 3).save(root / label / f"g{level}.png")
