@@ -442,8 +442,13 @@ def _check_evaluate_args(args: argparse.Namespace) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from . import evaluate
+    from .confounds import ConfoundWarning
+    from .labels import LabelError, label_files
     from .models import get_spec
+    from .operating_points import load_operating_points
+    from .per_image import read_per_image
     from .perturbations import ROBUSTNESS_SUITE
+    from .pipeline import load_detectors
 
     _check_evaluate_args(args)
     for name in args.models or []:
@@ -459,10 +464,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            points_file = (evaluate.load_operating_points(args.operating_points)
+            points_file = (load_operating_points(args.operating_points)
                            if args.operating_points else None)
             if args.from_csv:
-                per_image = evaluate.read_per_image(args.from_csv)
+                per_image = read_per_image(args.from_csv)
                 models = args.models or list(dict.fromkeys(per_image["model"]))
                 per_image = per_image[per_image["model"].isin(models)]
                 if per_image.empty:
@@ -470,15 +475,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 settings = {"root": str(args.from_csv), "labels": "from per-image CSV"}
             else:
                 models = args.models or ["default"]
-                labelled = evaluate.label_files(args.directory, args.labels,
-                                                recursive=not args.no_recursive)
+                labelled = label_files(args.directory, args.labels,
+                                       recursive=not args.no_recursive)
                 perturbations = ROBUSTNESS_SUITE if args.robustness else ()
+                # Loaded once for the job: the folder, each perturbation and the tuning folder.
+                models = load_detectors(models, args.weights_dir, args.device)
                 per_image = evaluate.score_labelled(
                     labelled, models, face_crop, perturbations=perturbations,
                     provenance=args.provenance, stability=args.stability, **classify_options)
                 settings = {"root": str(args.directory), "labels": str(args.labels),
                             "face_crop": bool(per_image["face_crop"].any()),
                             "perturbations": [p.name for p in perturbations]}
+            if args.from_csv and args.tune_on and Path(args.tune_on).expanduser().is_dir():
+                models = load_detectors(models, args.weights_dir, args.device)
             points, notes = evaluate.resolve_operating_points(
                 per_image, operating_points=points_file,
                 tune_on=args.tune_on, tune_labels=args.labels if args.labels in
@@ -486,7 +495,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 threshold=args.threshold, target_fpr=args.fpr if args.fpr is not None else 0.05,
                 calibration=args.calibrate, model=models, face_crop=face_crop,
                 recursive=not args.no_recursive, **classify_options)
-        except (evaluate.LabelError, ValueError) as exc:
+        except (LabelError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         result = evaluate.evaluate_table(per_image, points, n_bootstrap=args.bootstrap,
                                          seed=args.seed, notes=notes, settings=settings)
@@ -503,7 +512,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                 raise UsageError(str(exc)) from None
         written = result.write(args.report)
     for warning in caught:
-        if not issubclass(warning.category, evaluate.ConfoundWarning):
+        if not issubclass(warning.category, ConfoundWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
     print(result.summary())
     print(f"wrote {written['report']}, {written['metrics_json'].name}, "

@@ -47,11 +47,11 @@ from .models.loading import load_strict
 from .pipeline import (
     ClassificationInterrupted,
     ModelArg,
-    _as_detectors,
     _FileDataset,
     _Item,
     _progress_bar,
     _score_batch,
+    load_detectors,
     shared_transforms,
 )
 from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
@@ -400,7 +400,7 @@ def classify_dataset(
 
     # Loaded here: unknown models and missing or mismatched weights fail now, with their own
     # messages, before any actor starts.
-    detectors = _as_detectors(model, weights_dir, "cpu")
+    detectors = load_detectors(model, weights_dir, "cpu")
     policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
                             face_config=face_config, no_face=no_face, threshold=threshold,
                             bands=bands)
@@ -470,7 +470,7 @@ def classify_files_on_ray(
     ``seconds`` and ``images_per_second`` leave out.
     """
     paths = [str(Path(f).expanduser()) for f in files]
-    detectors = _as_detectors(model, options.get("weights_dir"), "cpu")
+    detectors = load_detectors(model, options.get("weights_dir"), "cpu")
     if not paths:
         frame = empty_results()
         frame.attrs.update(seconds=0.0, stopped=False, images_per_second=math.nan)

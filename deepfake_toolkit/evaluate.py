@@ -36,7 +36,7 @@ import pandas as pd
 from .calibration import CalibrationMethod
 from .confounds import CONFOUND_WARN_AT, ConfoundWarning, confound_check, confound_messages, \
     file_facts
-from .labels import ALL_IMAGES, FAKE, REAL, LabelError, LabelsArg, check_label_table, \
+from .labels import ALL_IMAGES, FAKE, REAL, LabelsArg, check_label_table, \
     label_files, subset_views
 from .metrics import binary_metrics, reliability_bins
 from .operating_points import (
@@ -57,31 +57,12 @@ from .report import write_report
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-    from .models import Detector
     from .pipeline import ModelArg
 
 __all__ = [
-    "Evaluation", "evaluate_directory", "evaluate_table", "load_detectors", "metrics_table",
+    "Evaluation", "evaluate_directory", "evaluate_table", "metrics_table",
     "reliability_table", "resolve_operating_points", "robustness_table", "score_labelled",
-    # Used by the command line from here; they live in labels, confounds, per_image and
-    # operating_points.
-    "ConfoundWarning", "LabelError", "label_files", "load_operating_points", "read_per_image",
 ]
-
-
-def load_detectors(model: ModelArg = "default",
-                   weights_dir: str | os.PathLike[str] | None = None,
-                   device: str = "auto") -> list[Detector]:
-    """Load each named model once for a whole job (loaded detectors pass through as they are).
-
-    Args:
-        model: A registry name, a loaded detector, or a list of them.
-        weights_dir: Folder searched first for weight files.
-        device: "auto", "cpu" or "cuda".
-    """
-    from .pipeline import _as_detectors
-
-    return _as_detectors(model, weights_dir, device)
 
 
 def score_labelled(
@@ -95,7 +76,7 @@ def score_labelled(
 ) -> pd.DataFrame:
     """Score labelled images once with every model, clean and under each perturbation.
 
-    Each named model is loaded once (see :func:`load_detectors`) and scores every condition.
+    Each named model is loaded once (see :func:`~deepfake_toolkit.pipeline.load_detectors`) and scores every condition.
 
     Args:
         labelled: A table from :func:`~deepfake_toolkit.labels.label_files` (path, true_label,
@@ -117,7 +98,7 @@ def score_labelled(
         The per-image table: :data:`~deepfake_toolkit.per_image.PER_IMAGE_COLUMNS`, one row per
         image, model and perturbation, with each model's default operating point filled in.
     """
-    from .pipeline import classify_files
+    from .pipeline import classify_files, load_detectors
 
     if "output_csv" in classify_options:
         raise ValueError("score_labelled writes no CSV itself: save its table with "
@@ -460,6 +441,8 @@ def evaluate_directory(
             operating_points = load_operating_points(operating_points)  # fail before scoring
     perturbations = ROBUSTNESS_SUITE if robustness is True else tuple(robustness or ())
     labelled = label_files(root, labels, recursive=recursive)
+    from .pipeline import load_detectors  # imported here: the pipeline brings torch
+
     detectors = load_detectors(model, classify_options.get("weights_dir"),
                                classify_options.get("device", "auto"))
     per_image = score_labelled(labelled, detectors, face_crop, perturbations=perturbations,

@@ -146,8 +146,19 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _as_detectors(model: ModelArg, weights_dir: str | os.PathLike[str] | None,
-                  device: str | torch.device) -> list[Detector]:
+def load_detectors(model: ModelArg = "default",
+                   weights_dir: str | os.PathLike[str] | None = None,
+                   device: str | torch.device = "auto") -> list[Detector]:
+    """Load each named model once, for a whole job (loaded detectors pass through as they are).
+
+    Args:
+        model: A registry name, a loaded detector, or a list of them.
+        weights_dir: Folder searched first for weight files.
+        device: "auto", "cpu" or "cuda".
+
+    Raises:
+        ValueError: No model was given.
+    """
     models = [model] if isinstance(model, (str, Detector)) else list(model)
     if not models:
         raise ValueError("no model given")
@@ -294,7 +305,7 @@ def classify_files(
     pending = PendingCsv(output_csv) if output_csv is not None else None
     with pending or contextlib.nullcontext():
         resolved = resolve_device(device)
-        detectors = _as_detectors(model, weights_dir, resolved)
+        detectors = load_detectors(model, weights_dir, resolved)
         policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
                                 face_config=face_config, no_face=no_face, threshold=threshold,
                                 bands=bands)
