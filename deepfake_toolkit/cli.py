@@ -220,6 +220,7 @@ def _add_models(commands: argparse._SubParsersAction) -> Callable:
 
 def _run_models(args: argparse.Namespace) -> int:
     from .models import get_spec, list_models, weights_available
+    from .models.loading import policy_summary
 
     names = list_models()
     width = max(len(n) for n in names)
@@ -227,6 +228,7 @@ def _run_models(args: argparse.Namespace) -> int:
         present = "weights present" if weights_available(name, args.weights_dir) else \
             "weights missing"
         print(f"{name:<{width}}  {present:<15}  {get_spec(name).description}")
+        print(f"{'':<{width}}  {'scores with':<15}  {policy_summary(name, args.weights_dir)}")
     return 0
 
 

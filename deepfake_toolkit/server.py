@@ -67,11 +67,11 @@ from .models import (
     resolve_device,
     weights_available,
 )
-from .models.loading import recorded_policy
+from .models.loading import policy_summary
 from .models.weights import find_weight_file
 from .pipeline import classify_files
 from .results import OutputNotWritableError, summary
-from .scoring import HELP, Scoring
+from .scoring import HELP
 
 logger = logging.getLogger(__name__)
 
@@ -161,18 +161,6 @@ def create_task_schema() -> TaskSchema:
     )
 
 
-def _policy_text(name: str, weights_dir: str | os.PathLike[str] | None) -> str:
-    """How model ``name`` scores by default, from the policy recorded with its weights."""
-    try:
-        policy = recorded_policy(name, weights_dir)
-    except Exception:  # noqa: BLE001 - a missing or damaged file: the registered policy
-        spec = get_spec(name)
-        policy = Scoring(face=spec.face_crop, threshold=spec.threshold)
-    region = ("whole image" if policy.face is None
-              else f"face crop ({policy.face.detector}, margin {policy.face.margin:g})")
-    return f"{region}, {policy.rule.replace(' (model)', '')}"
-
-
 def app_info_markdown(weights_dir: str | os.PathLike[str] | None = None) -> str:
     """The info page the desktop client shows for this server (markdown).
 
@@ -183,7 +171,7 @@ def app_info_markdown(weights_dir: str | os.PathLike[str] | None = None) -> str:
     for name in list_models():
         installed = "yes" if weights_available(name, weights_dir) else "no"
         rows.append(f"| `{name}` | {get_spec(name).description} | {installed} | "
-                    f"{_policy_text(name, weights_dir)} |")
+                    f"{policy_summary(name, weights_dir)} |")
     models_table = "\n".join(["| Model | What it is | Weights installed | Scores with |",
                               "|---|---|---|---|", *rows])
     return f"""# Image deepfake detector

@@ -193,6 +193,19 @@ def recorded_policy(name: str, weights_dir: str | os.PathLike[str] | None = None
     return Scoring(face=spec.face_crop, threshold=spec.threshold)
 
 
+def policy_summary(name: str, weights_dir: str | os.PathLike[str] | None = None) -> str:
+    """Model ``name``'s own policy in a few words, e.g. "face crop (mtcnn, margin 0.1), threshold
+    0.5291": as its weight file records it, else as registered (weights missing or damaged)."""
+    try:
+        policy = recorded_policy(name, weights_dir)
+    except Exception:  # noqa: BLE001 - a listing must not fail on one missing or damaged file
+        spec = get_spec(name)
+        policy = Scoring(face=spec.face_crop, threshold=spec.threshold)
+    region = ("whole image" if policy.face is None
+              else f"face crop ({policy.face.detector}, margin {policy.face.margin:g})")
+    return f"{region}, {policy.rule.replace(' (model)', '')}"
+
+
 def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
     """Load ``state_dict`` into ``module`` requiring exactly its keys, shapes and kinds of value,
     and finite floating-point values.
