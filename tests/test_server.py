@@ -500,7 +500,7 @@ def test_unwritable_output_folder_is_400_before_anything_is_scored(
     def must_not_score(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("scoring started before the output folder was checked")
 
-    monkeypatch.setattr(pipeline, "_as_detectors", must_not_score)
+    monkeypatch.setattr(pipeline, "load_detectors", must_not_score)
     response = client.post("/predict", json=payload(folders.images, "/proc"))
     assert response.status_code == 400, response.get_json()
     assert re.search("cannot write the CSV into /proc|not writable", response.get_json()["error"])
