@@ -64,7 +64,15 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
                              "See 'deepfake-toolkit models'.")
     parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.parquet",
                         help="table to write: CSV, or Parquet when the name ends in .parquet "
-                             "(default: deepfake_scores.csv in the current folder)")
+                             "(default: deepfake_scores.csv in the current folder). Rows are "
+                             "streamed to OUT.partial as batches finish; OUT appears complete "
+                             "at the end, and OUT.run.json records the settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in OUT (or in OUT.partial, left by a run "
+                             "that was killed) for files unchanged since (same size and "
+                             "modification time) and score only the rest; files with an error "
+                             "row are scored again. Refused when OUT was written with another "
+                             "model or other scoring options")
     _add_face_options(parser, skip="skip the file")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="label fake when fake_score >= T (default: the model's operating "
@@ -108,7 +116,7 @@ def _provenance_note(frame) -> str | None:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from .images import find_images
+    from .images import iter_images
     from .models import get_spec
     from .pipeline import ClassificationInterrupted, classify_files
     from .results import is_parquet_path, summary
@@ -139,7 +147,9 @@ def _run_classify(args: argparse.Namespace) -> int:
         from .distributed import import_ray
 
         import_ray()
-    files = find_images(directory, recursive=not args.no_recursive)
+    if args.resume and args.stability:
+        raise UsageError("--resume cannot continue a --stability run: drop one of them")
+    files = list(iter_images(directory, recursive=not args.no_recursive))
     if not files:
         print(f"No image files found in {directory}.", file=sys.stderr)
     try:
@@ -149,10 +159,10 @@ def _run_classify(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, device=args.device, num_workers=args.workers,
             weights_dir=args.weights_dir, provenance=args.provenance,
             stability=args.stability, output_csv=output, progress=not args.quiet,
-            engine=args.engine, ray_address=args.ray_address)
+            engine=args.engine, ray_address=args.ray_address, resume=args.resume)
     except ClassificationInterrupted as stopped:
-        print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}",
-              file=sys.stderr)
+        print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}; "
+              "--resume scores the rest", file=sys.stderr)
         return 130
     note = _provenance_note(frame)
     if note:
@@ -858,6 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightsNotFoundError,
     )
     from .results import OutputNotWritableError
+    from .output import ResumeRefused
     from .faces import FaceDetectorMissing
     from .samples import SamplesError
 
@@ -871,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
             NotebookNotFoundError, OutputNotWritableError, RayEngineError,
-            FaceDetectorMissing) as exc:
+            FaceDetectorMissing, ResumeRefused) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -23,11 +22,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePolicy
-from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image, printable_path
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, iter_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
 from .provenance import empty_provenance, read_provenance
-from .results import PendingCsv, label_scheme, results_frame
+from .output import ResultFile, run_fingerprint
+from .results import empty_results, label_scheme, results_frame
 
 ModelArg = str | Detector | Sequence[str | Detector]
 ENGINES: tuple[str, ...] = ("local", "ray")
@@ -41,6 +41,8 @@ class _Item:
     path: str
     width: int | None = None
     height: int | None = None
+    file_size: int | None = None
+    file_mtime: float | None = None
     error: str = ""
     image: Image.Image | None = None
     faces: list[Face] | None = None
@@ -53,7 +55,7 @@ class _Item:
 class _FileDataset(Dataset):
     """Decodes files and, when ``cropper`` is set, finds faces and transforms the crops."""
 
-    def __init__(self, paths: list[Path], transforms: list[ImageTransform],
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], transforms: list[ImageTransform],
                  cropper: FaceCropper | None, detect_here: bool, no_face: NoFacePolicy,
                  max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None,
                  provenance: bool = False) -> None:
@@ -71,6 +73,10 @@ class _FileDataset(Dataset):
 
     def __getitem__(self, index: int) -> _Item:
         item = _Item(path=str(self.paths[index]))
+        # Taken before reading, so that a file changed meanwhile looks changed to a resumed run.
+        with contextlib.suppress(OSError):
+            info = os.stat(self.paths[index])
+            item.file_size, item.file_mtime = info.st_size, info.st_mtime
         try:
             image = load_image(self.paths[index], max_pixels=self.max_pixels)
         except ImageReadError as exc:
@@ -203,6 +209,7 @@ def classify_files(
     worker_start: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Score image files with one or more models.
 
@@ -233,8 +240,10 @@ def classify_files(
             :mod:`deepfake_toolkit.stability`).
         output_csv: Also write the table here (atomically, text cells made safe, see
             :func:`~deepfake_toolkit.results.write_csv`); Parquet when the name ends in .parquet
-            (needs pyarrow). The file is reserved before anything is scored, so a folder that
-            cannot be written fails at once.
+            (needs pyarrow). Rows are streamed to ``OUT.partial`` as batches finish and the
+            settings recorded in ``OUT.run.json`` (see :mod:`deepfake_toolkit.output`); the
+            output itself appears complete at the end. A folder that cannot be written fails
+            before anything is scored.
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
@@ -251,6 +260,12 @@ def classify_files(
         ray_address: With ``engine="ray"``: None starts a local Ray (or uses the one this
             process already started), "auto" joins the cluster of this machine, "host:6379" or
             "ray://host:10001" a remote one.
+        resume: With ``output_csv``: keep the rows an earlier run with the same models and
+            scoring settings wrote there (the partial of a killed run, or the finished output),
+            for files whose size and modification time are unchanged, and score only the
+            rest; files with an error row are scored again. The table returned, and the output,
+            hold the kept rows first, then the new ones. Not with ``stability`` or
+            ``perturb``.
 
     Returns:
         A table with the columns of :data:`deepfake_toolkit.results.COLUMNS`; ``attrs`` holds
@@ -260,6 +275,8 @@ def classify_files(
 
     Raises:
         OutputNotWritableError: ``output_csv`` cannot be written (raised before scoring).
+        ResumeRefused: ``resume`` and the output was written with other settings (or has no
+            record of them); raised before scoring.
     """
     if no_face not in NO_FACE_POLICIES:
         raise ValueError(f"no_face must be one of {NO_FACE_POLICIES}, not {no_face!r}")
@@ -272,6 +289,9 @@ def classify_files(
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     if ray_address is not None and engine != "ray":
         raise ValueError("ray_address needs engine='ray'")
+    if resume and (output_csv is None or stability or perturb is not None):
+        raise ValueError("resume=True needs output_csv, and works without stability and "
+                         "perturb")
     if engine == "ray":
         from .distributed import classify_files_on_ray
 
@@ -282,16 +302,23 @@ def classify_files(
             face_config=face_config, threshold=threshold, bands=bands, batch_size=batch_size,
             device=str(device), num_workers=num_workers, weights_dir=weights_dir,
             max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
-            stop=stop, on_batch=on_batch, provenance=provenance)
-    paths = [Path(f).expanduser() for f in files]
-    pending = PendingCsv(output_csv) if output_csv is not None else None
-    with pending or contextlib.nullcontext():
-        resolved = resolve_device(device)
-        detectors = _as_detectors(model, weights_dir, resolved)
-        schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
-
-        unique, transform_index = shared_transforms(detectors)
-        cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+            stop=stop, on_batch=on_batch, provenance=provenance, resume=resume)
+    # Plain strings: a Path per file costs several times the memory on 100,000 files.
+    paths = [os.path.expanduser(os.fspath(f)) for f in files]
+    resolved = resolve_device(device)
+    detectors = _as_detectors(model, weights_dir, resolved)
+    schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
+    unique, transform_index = shared_transforms(detectors)
+    cropper = FaceCropper(face_config, device=resolved) if face_crop else None
+    output = None
+    if output_csv is not None:
+        settings = run_fingerprint(detectors, face_crop=face_crop, no_face=no_face,
+                                   face_config=face_config, threshold=threshold, bands=bands,
+                                   max_pixels=max_pixels, provenance=provenance)
+        output = ResultFile(output_csv, settings, paths, [d.name for d in detectors],
+                            resume=resume)
+        paths = output.remaining
+    try:
         # MTCNN runs batched on the GPU in the main process; on a CPU, and for RetinaFace (an
         # onnxruntime CPU network), detection runs per image in the workers.
         detect_in_workers = cropper is not None and (resolved.type == "cpu"
@@ -311,19 +338,25 @@ def classify_files(
                             prefetch_factor=batch_size if workers else None,
                             persistent_workers=False)
 
-        rows: list[dict[str, Any]] = []
+        # Each batch is kept as a small table (not as row dicts) and streamed to the output.
+        parts = _Tables([output.kept] if output is not None and len(output.kept) else [])
+        n_done = 0
         started = time.perf_counter()
         stopped = interrupted = False
         bar = _progress_bar(len(paths), detectors, progress)
 
         def score(batch: list[_Item]) -> None:
+            nonlocal n_done
             if cropper is not None and not detect_in_workers:
                 _detect_in_main(batch, cropper, no_face, unique)
-            batch_rows = _score_batch(batch, detectors, transform_index, schemes, face_crop,
-                                      no_face, batch_size)
-            rows.extend(batch_rows)
+            rows = results_frame(_score_batch(batch, detectors, transform_index, schemes,
+                                              face_crop, no_face, batch_size))
+            parts.append(rows)
+            n_done += len(batch)
+            if output is not None:
+                output.append(rows)
             if on_batch is not None:
-                on_batch(results_frame(batch_rows))
+                on_batch(rows)
 
         waiting: list[_Item] = []
         try:
@@ -346,8 +379,8 @@ def classify_files(
         finally:
             bar.close()
         seconds = time.perf_counter() - started
-        frame = results_frame(rows)
-        n_done = len(rows) // len(detectors)
+        frame = parts.table()
+        del parts
         frame.attrs.update(seconds=seconds, stopped=stopped,
                            images_per_second=n_done / seconds if seconds > 0 else math.nan)
         if stability and not stopped:
@@ -363,10 +396,14 @@ def classify_files(
             except KeyboardInterrupt:
                 # Ctrl+C during the re-encoded runs: keep the scores, without stability.
                 interrupted = True
-        if pending is not None:
-            pending.write(frame)
-        if interrupted:
-            raise ClassificationInterrupted(frame)
+        if output is not None:
+            output.finish(frame, rewrite=stability)
+    except BaseException:
+        if output is not None:
+            output.close()  # the partial stays, for resume=True
+        raise
+    if interrupted:
+        raise ClassificationInterrupted(frame)
     return frame
 
 
@@ -399,8 +436,34 @@ def classify_directory(
         >>> from deepfake_toolkit import classify_directory   # doctest: +SKIP
         >>> table = classify_directory("~/case-images", output_csv="scores.csv")  # doctest: +SKIP
     """
-    files = find_images(path, recursive=recursive)
+    files = list(iter_images(path, recursive=recursive))
     return classify_files(files, model=model, face_crop=face_crop, **options)
+
+
+class _Tables:
+    """Result rows kept as a few tables. A table of one batch carries about 100 kB of pandas
+    bookkeeping (a block per column), more than its rows: batches are merged as they come, so
+    that 100,000 files cost a few tables, not 3,000."""
+
+    MERGE_EVERY = 16
+
+    def __init__(self, tables: list[pd.DataFrame]) -> None:
+        self._merged = list(tables)
+        self._recent: list[pd.DataFrame] = []
+
+    def append(self, table: pd.DataFrame) -> None:
+        self._recent.append(table)
+        if len(self._recent) >= self.MERGE_EVERY:
+            self._merged.append(pd.concat(self._recent, ignore_index=True))
+            self._recent = []
+
+    def table(self) -> pd.DataFrame:
+        """Every row, in the order appended."""
+        tables = self._merged + self._recent
+        self._merged, self._recent = [], []
+        if not tables:
+            return empty_results()
+        return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
 def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
@@ -510,6 +573,8 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, error: str, scheme, f
         "face_prob": best_face.prob if best_face else math.nan,
         "width": item.width,
         "height": item.height,
+        "file_size": item.file_size,
+        "file_mtime": item.file_mtime,
         "error": error,
         **item.provenance,
     }

@@ -39,6 +39,8 @@ COLUMNS: tuple[str, ...] = (
     "face_prob",
     "width",
     "height",
+    "file_size",
+    "file_mtime",
     "error",
     *PROVENANCE_COLUMNS,
     *STABILITY_COLUMNS,
@@ -59,6 +61,9 @@ COLUMNS: tuple[str, ...] = (
 - ``face_box``: (x1, y1, x2, y2) in original-image pixels of the scored face, or None.
 - ``face_prob``: detector probability of that face, or empty.
 - ``width``, ``height``: image size after EXIF orientation.
+- ``file_size``, ``file_mtime``: the file's size in bytes and modification time (seconds since
+  1970-01-01 UTC, as ``os.stat`` gives it) when it was read; a resumed run (``resume=True``)
+  skips a file only while both are unchanged. Empty when the file could not be examined.
 - ``error``: why the file could not be read or scored, or "".
 - Provenance (the same on every model's row of a file; empty when not checked), see
   :func:`deepfake_toolkit.provenance.read_provenance`: ``c2pa_status`` (none, valid, untrusted,
@@ -92,9 +97,11 @@ TEXT_COLUMNS: tuple[str, ...] = ("path", "model", "label", "region", "no_face_po
                                  *PROVENANCE_TEXT_COLUMNS, "stability_scores", "stability_reason")
 """The schema's text columns."""
 _TEXT_COLUMNS = TEXT_COLUMNS
-FLOAT_COLUMNS: tuple[str, ...] = ("fake_score", "face_prob", "stability_spread")
+FLOAT_COLUMNS: tuple[str, ...] = ("fake_score", "face_prob", "file_mtime", "stability_spread")
 """The schema's float columns (missing values are NaN)."""
 _FLOAT_COLUMNS = FLOAT_COLUMNS
+INT_COLUMNS: tuple[str, ...] = ("n_faces", "width", "height", "file_size")
+"""The schema's integer columns (nullable: missing values are ``pd.NA``)."""
 _NULLABLE_BOOL_COLUMNS = ("provenance_says_ai",)
 
 
@@ -183,7 +190,7 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         return empty_results()
     for column in _FLOAT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in ("n_faces", "width", "height"):
+    for column in INT_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in ("face_crop", "face_found"):
         frame[column] = frame[column].astype(bool)
@@ -332,14 +339,7 @@ class PendingCsv:
             import pyarrow.parquet as pq
 
             return self._finish(lambda: pq.write_table(parquet_table(frame), self.temporary))
-        out = frame.copy()
-        for column in out.columns:
-            if column == "face_box":
-                out[column] = out[column].map(_box_to_text)
-            elif _is_text(out[column]):
-                out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
-                                           for v in out[column]), out.index)
-        out.columns = [_neutralise(str(c)) for c in out.columns]
+        out = csv_cells(frame)
 
         def write_csv_file() -> None:
             with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
@@ -360,6 +360,21 @@ class PendingCsv:
     def discard(self) -> None:
         """Remove the temporary file (nothing is written to ``path``)."""
         self.temporary.unlink(missing_ok=True)
+
+
+def csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as :func:`write_csv` writes it: ``face_box`` as JSON text, text cells escaped and
+    neutralised, column names too. Every row becomes exactly one line of CSV, since no cell keeps
+    a line break."""
+    out = frame.copy()
+    for column in out.columns:
+        if column == "face_box":
+            out[column] = out[column].map(_box_to_text)
+        elif _is_text(out[column]):
+            out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
+                                       for v in out[column]), out.index)
+    out.columns = [_neutralise(str(c)) for c in out.columns]
+    return out
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -446,8 +461,7 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
     """
     text = {c: object for c in (*_TEXT_COLUMNS, *text_columns)}
     frame = pd.read_csv(path, dtype=text, keep_default_na=False, encoding="utf-8",
-                        na_values={c: [""] for c in (*_FLOAT_COLUMNS, "n_faces", "width",
-                                                     "height")})
+                        na_values={c: [""] for c in (*_FLOAT_COLUMNS, *INT_COLUMNS)})
     frame.columns = [_restore(c) for c in frame.columns]
     for column in frame.columns:
         if _is_text(frame[column]) and column != "face_box":
@@ -459,7 +473,7 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
         if column in frame:
             frame[column] = frame[column].map(
                 lambda v: str(v).strip().lower() == "true").astype(bool)
-    for column in ("n_faces", "width", "height"):
+    for column in INT_COLUMNS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in _NULLABLE_BOOL_COLUMNS:
@@ -490,7 +504,7 @@ def restore_types(frame: pd.DataFrame) -> pd.DataFrame:
     for column in ("face_crop", "face_found"):
         if column in frame:
             frame[column] = frame[column].astype(bool)
-    for column in ("n_faces", "width", "height"):
+    for column in INT_COLUMNS:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     for column in _FLOAT_COLUMNS:
@@ -506,8 +520,9 @@ def arrow_schema():
     """The schema's columns as a ``pyarrow.Schema`` (Parquet files and Ray datasets use it)."""
     import pyarrow as pa
 
-    types = {"face_crop": pa.bool_(), "face_found": pa.bool_(), "n_faces": pa.int64(),
-             "width": pa.int64(), "height": pa.int64(), "face_box": pa.list_(pa.float64()),
+    types = {"face_crop": pa.bool_(), "face_found": pa.bool_(),
+             **{column: pa.int64() for column in INT_COLUMNS},
+             "face_box": pa.list_(pa.float64()),
              **{column: pa.float64() for column in _FLOAT_COLUMNS},
              **{column: pa.bool_() for column in _NULLABLE_BOOL_COLUMNS}}
     return pa.schema([(column, types.get(column, pa.string())) for column in COLUMNS])
