@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -303,8 +304,8 @@ def classify_files(
             device=str(device), num_workers=num_workers, weights_dir=weights_dir,
             max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
             stop=stop, on_batch=on_batch, provenance=provenance, resume=resume)
-    # Plain strings: a Path per file costs several times the memory on 100,000 files.
-    paths = [os.path.expanduser(os.fspath(f)) for f in files]
+    # Held as plain strings: a Path per file costs several times the memory on 100,000 files.
+    paths = [str(Path(f).expanduser()) for f in files]
     resolved = resolve_device(device)
     detectors = _as_detectors(model, weights_dir, resolved)
     schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]
