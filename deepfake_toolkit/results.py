@@ -272,20 +272,25 @@ def _restore(text: str) -> str:
     return unescape_cell(text)
 
 
+def _no_box(box: Any) -> bool:
+    """Whether a face_box cell is missing: None, NaN, or pandas' NA (Arrow-backed columns)."""
+    return box is None or (pd.api.types.is_scalar(box) and pd.isna(box))
+
+
 def _box_to_text(box: Any) -> str:
-    if box is None or (isinstance(box, float) and math.isnan(box)):
+    if _no_box(box):
         return ""
     return json.dumps([round(float(v), 1) for v in box])
 
 
 def _box_to_list(box: Any) -> list[float] | None:
-    if box is None or (isinstance(box, float) and math.isnan(box)):
+    if _no_box(box):
         return None
     return [round(float(v), 1) for v in box]
 
 
 def _box_from_arrow(box: Any) -> tuple[float, ...] | None:
-    if box is None or (pd.api.types.is_scalar(box) and pd.isna(box)):
+    if _no_box(box):
         return None
     return tuple(float(v) for v in box)
 
