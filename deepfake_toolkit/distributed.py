@@ -44,7 +44,7 @@ from .faces import NO_FACE_POLICIES, Face, FaceCropConfig, FaceCropper, NoFacePo
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
 from .models.registry import load_strict
-from .output import ResultFile, run_fingerprint
+from .output import ResultFile, check_writable, run_fingerprint
 from .pipeline import (
     ClassificationInterrupted,
     ModelArg,
@@ -483,6 +483,8 @@ def classify_files_on_ray(
     order they arrive, and the finished output holds them in the local engine's order.
     """
     paths = [str(Path(f).expanduser()) for f in files]
+    if output_csv is not None:
+        check_writable(output_csv)
     detectors = _as_detectors(model, options.get("weights_dir"), "cpu")
     output = None
     if output_csv is not None:

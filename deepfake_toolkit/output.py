@@ -133,6 +133,12 @@ def record_path(output: str | os.PathLike[str]) -> Path:
     return output.with_name(output.name + RECORD_SUFFIX)
 
 
+def check_writable(output: str | os.PathLike[str]) -> None:
+    """Fail at once, before any model is loaded, when ``output``'s folder cannot be created or
+    written (:class:`~deepfake_toolkit.results.OutputNotWritableError`)."""
+    PendingCsv(output).discard()
+
+
 class ResultFile:
     """The output of one run: reserved at once, filled batch by batch, completed atomically.
 

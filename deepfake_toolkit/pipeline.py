@@ -27,7 +27,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageReadError, iter_images, load_image,
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
 from .provenance import empty_provenance, read_provenance
-from .output import ResultFile, run_fingerprint
+from .output import ResultFile, check_writable, run_fingerprint
 from .results import empty_results, label_scheme, results_frame
 
 ModelArg = str | Detector | Sequence[str | Detector]
@@ -306,6 +306,8 @@ def classify_files(
             stop=stop, on_batch=on_batch, provenance=provenance, resume=resume)
     # Held as plain strings: a Path per file costs several times the memory on 100,000 files.
     paths = [str(Path(f).expanduser()) for f in files]
+    if output_csv is not None:
+        check_writable(output_csv)
     resolved = resolve_device(device)
     detectors = _as_detectors(model, weights_dir, resolved)
     schemes = [label_scheme(threshold, d.spec.threshold, bands) for d in detectors]

@@ -219,8 +219,9 @@ def test_sigint_and_kill_leave_the_finished_rows_and_resume_completes(random_def
 
 
 def test_memory_per_file_stays_small(tiny, tmp_path):
-    """Python memory held per file, from 200 to 2,000 files (face crop off): the rows are held
-    once, as table columns. Row dicts alone (the old way) cost over 2 kB per file."""
+    """Python memory per file at the peak of a run, from 200 to 2,000 files (face crop off): the
+    rows are held once, as a few tables. Measured: about 1.1 kB; holding a dict per row and
+    building the table at the end (the pipeline before streaming) measured 3.3 kB."""
     source = tmp_path / "source"
     _images(source, 20)
     originals = sorted(source.iterdir())
