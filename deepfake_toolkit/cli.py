@@ -51,14 +51,26 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
     group.add_argument("--edge", choices=("fit", "pad"), help=HELP["edge"])
     group.add_argument("--detect-max-side", type=int, metavar="PX",
                        help=HELP["detect_max_side"])
+    group.add_argument("--mtcnn-search", type=_mtcnn_search, metavar="PX|scaled",
+                       help=HELP["mtcnn_search"])
     if labels:
         group.add_argument("--threshold", type=float, metavar="T", help=HELP["threshold"])
         group.add_argument("--bands", action="store_true", default=None, help=HELP["bands"])
 
 
 FACE_SETTINGS = ("detector", "margin", "square", "min_face_size", "min_prob", "select", "edge",
-                 "detect_max_side")
+                 "detect_max_side", "mtcnn_search")
 """The face-crop settings the CLI exposes as options (every field of FaceCropConfig)."""
+
+
+def _mtcnn_search(text: str) -> int | str:
+    if text == "scaled":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'scaled' or a number of pixels, not {text!r}") \
+            from None
 
 
 def _scoring_overrides(args: argparse.Namespace) -> dict:
@@ -113,7 +125,15 @@ def _add_classify(commands: argparse._SubParsersAction) -> Callable:
                              "See 'deepfake-toolkit models'.")
     parser.add_argument("-o", "--output", metavar="OUT.csv|OUT.parquet",
                         help="table to write: CSV, or Parquet when the name ends in .parquet "
-                             "(default: deepfake_scores.csv in the current folder)")
+                             "(default: deepfake_scores.csv in the current folder). Rows are "
+                             "streamed to OUT.partial as batches finish; OUT appears complete "
+                             "at the end, and OUT.run.json records the settings")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in OUT (or in OUT.partial, left by a run "
+                             "that was killed) for files unchanged since (same size and "
+                             "modification time) and score only the rest; files with an error "
+                             "row are scored again. Refused when OUT was written with another "
+                             "model or other scoring options")
     _add_scoring_options(parser, skip="'skip' records the file with label 'no face'")
     _add_evidence_options(parser)
     _add_engine_options(parser)
@@ -152,7 +172,7 @@ def _provenance_note(frame) -> str | None:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from .images import find_images
+    from .images import iter_images
     from .models import get_spec
     from .pipeline import ClassificationInterrupted, classify_files
     from .results import is_parquet_path, summary
@@ -182,18 +202,20 @@ def _run_classify(args: argparse.Namespace) -> int:
         from .distributed import import_ray
 
         import_ray()
-    files = find_images(directory, recursive=not args.no_recursive)
+    if args.resume and args.stability:
+        raise UsageError("--resume cannot continue a --stability run: drop one of them")
+    files = list(iter_images(directory, recursive=not args.no_recursive))
     if not files:
         print(f"No image files found in {directory}.", file=sys.stderr)
     try:
         frame = classify_files(
-            files, model=models, **overrides, batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-            weights_dir=args.weights_dir, provenance=args.provenance,
+            files, model=models, **overrides, batch_size=args.batch_size, device=args.device,
+            num_workers=args.workers, weights_dir=args.weights_dir, provenance=args.provenance,
             stability=args.stability, output_csv=output, progress=not args.quiet,
-            engine=args.engine, ray_address=args.ray_address)
+            engine=args.engine, ray_address=args.ray_address, resume=args.resume)
     except ClassificationInterrupted as stopped:
-        print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}",
-              file=sys.stderr)
+        print(f"interrupted: wrote the {len(stopped.frame)} rows scored so far to {output}; "
+              "--resume scores the rest", file=sys.stderr)
         return 130
     note = _provenance_note(frame)
     if note:
@@ -908,6 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         WeightsNotFoundError,
     )
     from .results import OutputNotWritableError
+    from .output import ResumeRefused
     from .faces import FaceDetectorMissing
     from .samples import SamplesError
 
@@ -922,7 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, UnknownModelError, WeightsNotFoundError, WeightsMismatchError,
             WeightsFileError, NotADirectoryError, ImageReadError, SamplesError,
             NotebookNotFoundError, OutputNotWritableError, RayEngineError,
-            FaceDetectorMissing, DeviceUnavailableError) as exc:
+            FaceDetectorMissing, DeviceUnavailableError, ResumeRefused) as exc:
         print(f"deepfake-toolkit {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

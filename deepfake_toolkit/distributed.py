@@ -44,6 +44,7 @@ from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
 from .models.loading import load_strict
+from .output import ResultFile, check_writable, run_fingerprint
 from .pipeline import (
     ClassificationInterrupted,
     ModelArg,
@@ -55,8 +56,8 @@ from .pipeline import (
     shared_transforms,
 )
 from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
-    escape_cell, restore_types, results_frame, unescape_cell, write_table
-from .scoring import FaceSettings, Scoring, run_policies
+    escape_cell, restore_types, results_frame, unescape_cell
+from .scoring import FaceSettings, Scoring, ScoringMismatchWarning, run_policies
 
 RAY_INSTALL_HINT = 'pip install "deepfake-toolkit[ray]"'
 """What to run when Ray is missing."""
@@ -292,6 +293,7 @@ def _items_to_columns(items: list[_Item], n_transforms: int):
         faces = item.faces or []
         columns["item"].append(json.dumps({
             "path": item.path, "width": item.width, "height": item.height, "error": item.error,
+            "file_size": item.file_size, "file_mtime": item.file_mtime,
             "region": item.region, "faces": [[*face.box, face.prob] for face in faces],
             "scored": [faces.index(face) if face is not None else -1
                        for face in item.scored_faces],
@@ -321,7 +323,7 @@ def _items_from_columns(batch) -> list[_Item]:
                            if len(blob) else torch.empty(0))
         items.append(_Item(
             path=facts["path"], width=facts["width"], height=facts["height"],
-            error=facts["error"], faces=faces, region=facts["region"],
+            file_size=facts["file_size"], file_mtime=facts["file_mtime"], error=facts["error"], faces=faces, region=facts["region"],
             scored_faces=[faces[i] if i >= 0 else None for i in facts["scored"]],
             tensors=tensors, provenance=facts["provenance"]))
     return items
@@ -457,6 +459,7 @@ def classify_files_on_ray(
     progress: bool = True,
     stop: threading.Event | None = None,
     on_batch: Callable[[pd.DataFrame], None] | None = None,
+    resume: bool = False,
     **options: Any,
 ) -> pd.DataFrame:
     """:func:`~deepfake_toolkit.pipeline.classify_files` on Ray: the same rows, in the same order.
@@ -467,15 +470,52 @@ def classify_files_on_ray(
     end; on Ctrl+C the rows so far are written and
     :class:`~deepfake_toolkit.pipeline.ClassificationInterrupted` is raised, as locally.
     ``attrs["ray_start_seconds"]`` holds the time taken to start or reach Ray, which
-    ``seconds`` and ``images_per_second`` leave out.
+    ``seconds`` and ``images_per_second`` leave out. The output streams and resumes as
+    locally (see :class:`~deepfake_toolkit.output.ResultFile`): rows reach the partial in the
+    order they arrive, and the finished output holds them in the local engine's order.
     """
     paths = [str(Path(f).expanduser()) for f in files]
+    if output_csv is not None:
+        check_writable(output_csv)
     detectors = load_detectors(model, options.get("weights_dir"), "cpu")
+    output = None
+    if output_csv is not None:
+        policies = run_policies(
+            [(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+            face_config=options.get("face_config"), no_face=options.get("no_face"),
+            threshold=options.get("threshold"), bands=options.get("bands"))
+        settings = run_fingerprint(detectors, policies,
+                                   max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
+                                   provenance=options.get("provenance", True))
+        output = ResultFile(output_csv, settings, paths, [d.name for d in detectors],
+                            resume=resume)
+        paths = output.remaining
+    try:
+        with warnings.catch_warnings():
+            if output is not None:  # warned above already
+                warnings.simplefilter("ignore", ScoringMismatchWarning)
+            return _classify_on_ray(paths, detectors, face_crop, output,
+                                    ray_address=ray_address, batch_size=batch_size,
+                                    num_workers=num_workers, device=device, progress=progress,
+                                    stop=stop, on_batch=on_batch, **options)
+    except BaseException as exc:
+        if output is not None and not isinstance(exc, ClassificationInterrupted):
+            output.close()  # the partial stays, for resume=True
+        raise
+
+
+def _classify_on_ray(paths: list[str], detectors: list[Detector], face_crop: bool | None,
+                     output: ResultFile | None, *, ray_address: str | None, batch_size: int,
+                     num_workers: int | None, device: str, progress: bool,
+                     stop: threading.Event | None,
+                     on_batch: Callable[[pd.DataFrame], None] | None,
+                     **options: Any) -> pd.DataFrame:
+    kept = output.kept if output is not None else empty_results()
     if not paths:
-        frame = empty_results()
+        frame = kept
         frame.attrs.update(seconds=0.0, stopped=False, images_per_second=math.nan)
-        if output_csv is not None:
-            write_table(frame, output_csv)
+        if output is not None:
+            output.finish(frame)
         return frame
     if num_workers is not None and num_workers < 1:
         num_workers = None
@@ -500,6 +540,8 @@ def classify_files_on_ray(
                                                              batch_format="pandas")):
                 part = restore_types(batch)
                 parts.append(part)
+                if output is not None:
+                    output.append(part)
                 bar.update(len(part) // len(detectors))
                 if on_batch is not None:
                     on_batch(part)
@@ -513,11 +555,12 @@ def classify_files_on_ray(
             bar.close()
             context.enable_progress_bars = bars
     seconds = time.perf_counter() - started
-    frame = _in_local_order(parts, paths, [d.name for d in detectors], batch_size)
+    scored = _in_local_order(parts, paths, [d.name for d in detectors], batch_size)
+    frame = pd.concat([kept, scored], ignore_index=True) if len(kept) else scored
     frame.attrs.update(seconds=seconds, stopped=stopped, ray_start_seconds=ray_seconds,
-                       images_per_second=len(frame) / len(detectors) / seconds)
-    if output_csv is not None:
-        write_table(frame, output_csv)
+                       images_per_second=len(scored) / len(detectors) / seconds)
+    if output is not None:
+        output.finish(frame, rewrite=True)
     if interrupted:
         raise ClassificationInterrupted(frame)
     return frame

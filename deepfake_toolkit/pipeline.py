@@ -23,11 +23,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .faces import Face, FaceCropper, NoFacePolicy
-from .images import DEFAULT_MAX_PIXELS, ImageReadError, find_images, load_image, printable_path
+from .images import DEFAULT_MAX_PIXELS, ImageReadError, iter_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
+from .output import ResultFile, check_writable, run_fingerprint
 from .provenance import empty_provenance, read_provenance
-from .results import PendingCsv, results_frame
+from .results import empty_results, results_frame
 from .scoring import FaceSettings, Scoring, run_policies
 
 ModelArg = str | Detector | Sequence[str | Detector]
@@ -42,6 +43,8 @@ class _Item:
     path: str
     width: int | None = None
     height: int | None = None
+    file_size: int | None = None
+    file_mtime: float | None = None
     error: str = ""
     image: Image.Image | None = None
     faces: list[Face] | None = None
@@ -54,7 +57,7 @@ class _Item:
 class _FileDataset(Dataset):
     """Decodes files and, when ``cropper`` is set, finds faces and transforms the crops."""
 
-    def __init__(self, paths: list[Path], transforms: list[ImageTransform],
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], transforms: list[ImageTransform],
                  cropper: FaceCropper | None, detect_here: bool, no_face: NoFacePolicy,
                  max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None,
                  provenance: bool = False) -> None:
@@ -72,6 +75,10 @@ class _FileDataset(Dataset):
 
     def __getitem__(self, index: int) -> _Item:
         item = _Item(path=str(self.paths[index]))
+        # Taken before reading, so that a file changed meanwhile looks changed to a resumed run.
+        with contextlib.suppress(OSError):
+            info = os.stat(self.paths[index])
+            item.file_size, item.file_mtime = info.st_size, info.st_mtime
         try:
             image = load_image(self.paths[index], max_pixels=self.max_pixels)
         except ImageReadError as exc:
@@ -215,6 +222,7 @@ def classify_files(
     worker_start: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
     """Score image files with one or more models.
 
@@ -252,8 +260,10 @@ def classify_files(
             :mod:`deepfake_toolkit.stability`).
         output_csv: Also write the table here (atomically, text cells made safe, see
             :func:`~deepfake_toolkit.results.write_csv`); Parquet when the name ends in .parquet
-            (needs pyarrow). The file is reserved before anything is scored, so a folder that
-            cannot be written fails at once.
+            (needs pyarrow). Rows are streamed to ``OUT.partial`` as batches finish and the
+            settings recorded in ``OUT.run.json`` (see :mod:`deepfake_toolkit.output`); the
+            output itself appears complete at the end. A folder that cannot be written fails
+            before anything is scored.
         progress: Show a progress bar (tqdm; renders in Jupyter too).
         stop: Set this event to stop after the current batch; the rows done so far are returned
             and ``frame.attrs["stopped"]`` is True.
@@ -270,6 +280,12 @@ def classify_files(
         ray_address: With ``engine="ray"``: None starts a local Ray (or uses the one this
             process already started), "auto" joins the cluster of this machine, "host:6379" or
             "ray://host:10001" a remote one.
+        resume: With ``output_csv``: keep the rows an earlier run with the same models and
+            scoring settings wrote there (the partial of a killed run, or the finished output),
+            for files whose size and modification time are unchanged, and score only the
+            rest; files with an error row are scored again. The table returned, and the output,
+            hold the kept rows first, then the new ones. Not with ``stability`` or
+            ``perturb``.
 
     Returns:
         A table with the columns of :data:`deepfake_toolkit.results.COLUMNS` (``label_rule``
@@ -280,6 +296,8 @@ def classify_files(
 
     Raises:
         OutputNotWritableError: ``output_csv`` cannot be written (raised before scoring).
+        ResumeRefused: ``resume`` and the output was written with other settings (or has no
+            record of them); raised before scoring.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -290,6 +308,9 @@ def classify_files(
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
     if ray_address is not None and engine != "ray":
         raise ValueError("ray_address needs engine='ray'")
+    if resume and (output_csv is None or stability or perturb is not None):
+        raise ValueError("resume=True needs output_csv, and works without stability and "
+                         "perturb")
     if engine == "ray":
         from .distributed import classify_files_on_ray
 
@@ -300,19 +321,27 @@ def classify_files(
             face_config=face_config, threshold=threshold, bands=bands, batch_size=batch_size,
             device=str(device), num_workers=num_workers, weights_dir=weights_dir,
             max_pixels=max_pixels, perturb=perturb, output_csv=output_csv, progress=progress,
-            stop=stop, on_batch=on_batch, provenance=provenance)
-    paths = [Path(f).expanduser() for f in files]
-    pending = PendingCsv(output_csv) if output_csv is not None else None
-    with pending or contextlib.nullcontext():
-        resolved = resolve_device(device)
-        detectors = load_detectors(model, weights_dir, resolved)
-        policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
-                                face_config=face_config, no_face=no_face, threshold=threshold,
-                                bands=bands)
-        region = policies[0]
-
-        unique, transform_index = shared_transforms(detectors)
-        cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
+            stop=stop, on_batch=on_batch, provenance=provenance, resume=resume)
+    # Held as plain strings: a Path per file costs several times the memory on 100,000 files.
+    paths = [str(Path(f).expanduser()) for f in files]
+    if output_csv is not None:
+        check_writable(output_csv)
+    resolved = resolve_device(device)
+    detectors = load_detectors(model, weights_dir, resolved)
+    policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                            face_config=face_config, no_face=no_face, threshold=threshold,
+                            bands=bands)
+    region = policies[0]
+    unique, transform_index = shared_transforms(detectors)
+    cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
+    output = None
+    if output_csv is not None:
+        settings = run_fingerprint(detectors, policies, max_pixels=max_pixels,
+                                   provenance=provenance)
+        output = ResultFile(output_csv, settings, paths, [d.name for d in detectors],
+                            resume=resume)
+        paths = output.remaining
+    try:
         detect_in_workers = cropper is not None and not _detects_in_batches(cropper, resolved)
         workers = (default_workers(len(paths), batch_size) if num_workers is None
                    else num_workers)
@@ -329,18 +358,25 @@ def classify_files(
                             prefetch_factor=batch_size if workers else None,
                             persistent_workers=False)
 
-        rows: list[dict[str, Any]] = []
+        # Each batch is kept as a small table (not as row dicts) and streamed to the output.
+        parts = _Tables([output.kept] if output is not None and len(output.kept) else [])
+        n_done = 0
         started = time.perf_counter()
         stopped = interrupted = False
         bar = _progress_bar(len(paths), detectors, progress)
 
         def score(batch: list[_Item]) -> None:
+            nonlocal n_done
             if cropper is not None and not detect_in_workers:
                 _detect_in_main(batch, cropper, region.no_face, unique)
-            batch_rows = _score_batch(batch, detectors, transform_index, policies, batch_size)
-            rows.extend(batch_rows)
+            rows = results_frame(_score_batch(batch, detectors, transform_index, policies,
+                                              batch_size))
+            parts.append(rows)
+            n_done += len(batch)
+            if output is not None:
+                output.append(rows)
             if on_batch is not None:
-                on_batch(results_frame(batch_rows))
+                on_batch(rows)
 
         waiting: list[_Item] = []
         try:
@@ -363,8 +399,8 @@ def classify_files(
         finally:
             bar.close()
         seconds = time.perf_counter() - started
-        frame = results_frame(rows)
-        n_done = len(rows) // len(detectors)
+        frame = parts.table()
+        del parts
         frame.attrs.update(seconds=seconds, stopped=stopped,
                            images_per_second=n_done / seconds if seconds > 0 else math.nan)
         if stability and not stopped:
@@ -378,10 +414,14 @@ def classify_files(
             except KeyboardInterrupt:
                 # Ctrl+C during the re-encoded runs: keep the scores, without stability.
                 interrupted = True
-        if pending is not None:
-            pending.write(frame)
-        if interrupted:
-            raise ClassificationInterrupted(frame)
+        if output is not None:
+            output.finish(frame, rewrite=stability)
+    except BaseException:
+        if output is not None:
+            output.close()  # the partial stays, for resume=True
+        raise
+    if interrupted:
+        raise ClassificationInterrupted(frame)
     return frame
 
 
@@ -414,8 +454,34 @@ def classify_directory(
         >>> from deepfake_toolkit import classify_directory   # doctest: +SKIP
         >>> table = classify_directory("~/case-images", output_csv="scores.csv")  # doctest: +SKIP
     """
-    files = find_images(path, recursive=recursive)
+    files = list(iter_images(path, recursive=recursive))
     return classify_files(files, model=model, face_crop=face_crop, **options)
+
+
+class _Tables:
+    """Result rows kept as a few tables. A table of one batch carries about 100 kB of pandas
+    bookkeeping (a block per column), more than its rows: batches are merged as they come, so
+    that 100,000 files cost a few tables, not 3,000."""
+
+    MERGE_EVERY = 16
+
+    def __init__(self, tables: list[pd.DataFrame]) -> None:
+        self._merged = list(tables)
+        self._recent: list[pd.DataFrame] = []
+
+    def append(self, table: pd.DataFrame) -> None:
+        self._recent.append(table)
+        if len(self._recent) >= self.MERGE_EVERY:
+            self._merged.append(pd.concat(self._recent, ignore_index=True))
+            self._recent = []
+
+    def table(self) -> pd.DataFrame:
+        """Every row, in the order appended."""
+        tables = self._merged + self._recent
+        self._merged, self._recent = [], []
+        if not tables:
+            return empty_results()
+        return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
 def _progress_bar(total: int, detectors: list[Detector], enabled: bool):
@@ -532,6 +598,8 @@ def _row(item: _Item, model_name: str, scores: np.ndarray, error: str,
         "face_prob": best_face.prob if best_face else math.nan,
         "width": item.width,
         "height": item.height,
+        "file_size": item.file_size,
+        "file_mtime": item.file_mtime,
         "error": error,
         **item.provenance,
     }

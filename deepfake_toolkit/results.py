@@ -40,6 +40,8 @@ COLUMN_TYPES: dict[str, str] = {
     "face_prob": "float",
     "width": "int",
     "height": "int",
+    "file_size": "int",
+    "file_mtime": "float",
     "error": "text",
     **{column: "text" for column in PROVENANCE_TEXT_COLUMNS},
     "provenance_says_ai": "nullable_bool",
@@ -74,6 +76,9 @@ assert COLUMNS[-len(PROVENANCE_COLUMNS) - len(STABILITY_COLUMNS):-len(STABILITY_
 - ``face_box``: (x1, y1, x2, y2) in original-image pixels of the scored face, or None.
 - ``face_prob``: detector probability of that face, or empty.
 - ``width``, ``height``: image size after EXIF orientation.
+- ``file_size``, ``file_mtime``: the file's size in bytes and modification time (seconds since
+  1970-01-01 UTC, as ``os.stat`` gives it) when it was read; a resumed run (``resume=True``)
+  skips a file only while both are unchanged. Empty when the file could not be examined.
 - ``error``: why the file could not be read or scored, or "".
 - Provenance (the same on every model's row of a file; empty when not checked), see
   :func:`deepfake_toolkit.provenance.read_provenance`: ``c2pa_status`` (none, valid, untrusted,
@@ -109,7 +114,9 @@ FLOAT_COLUMNS: tuple[str, ...] = tuple(c for c, kind in COLUMN_TYPES.items() if 
 """The schema's float columns (missing values are NaN)."""
 _TEXT_COLUMNS = TEXT_COLUMNS
 _FLOAT_COLUMNS = FLOAT_COLUMNS
-_INT_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "int")
+INT_COLUMNS: tuple[str, ...] = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "int")
+"""The schema's integer columns (nullable: missing values are ``pd.NA``)."""
+_INT_COLUMNS = INT_COLUMNS
 _BOOL_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "bool")
 _NULLABLE_BOOL_COLUMNS = tuple(c for c, kind in COLUMN_TYPES.items() if kind == "nullable_bool")
 
@@ -267,20 +274,25 @@ def _restore(text: str) -> str:
     return unescape_cell(text)
 
 
+def _no_box(box: Any) -> bool:
+    """Whether a face_box cell is missing: None, NaN, or pandas' NA (Arrow-backed columns)."""
+    return box is None or (pd.api.types.is_scalar(box) and pd.isna(box))
+
+
 def _box_to_text(box: Any) -> str:
-    if box is None or (isinstance(box, float) and math.isnan(box)):
+    if _no_box(box):
         return ""
     return json.dumps([round(float(v), 1) for v in box])
 
 
 def _box_to_list(box: Any) -> list[float] | None:
-    if box is None or (isinstance(box, float) and math.isnan(box)):
+    if _no_box(box):
         return None
     return [round(float(v), 1) for v in box]
 
 
 def _box_from_arrow(box: Any) -> tuple[float, ...] | None:
-    if box is None or (pd.api.types.is_scalar(box) and pd.isna(box)):
+    if _no_box(box):
         return None
     return tuple(float(v) for v in box)
 
@@ -334,14 +346,7 @@ class PendingCsv:
             import pyarrow.parquet as pq
 
             return self._finish(lambda: pq.write_table(parquet_table(frame), self.temporary))
-        out = frame.copy()
-        for column in out.columns:
-            if column == "face_box":
-                out[column] = out[column].map(_box_to_text)
-            elif _is_text(out[column]):
-                out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
-                                           for v in out[column]), out.index)
-        out.columns = [_neutralise(str(c)) for c in out.columns]
+        out = csv_cells(frame)
 
         def write_csv_file() -> None:
             with open(self.temporary, "w", newline="", encoding="utf-8") as stream:
@@ -362,6 +367,21 @@ class PendingCsv:
     def discard(self) -> None:
         """Remove the temporary file (nothing is written to ``path``)."""
         self.temporary.unlink(missing_ok=True)
+
+
+def csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as :func:`write_csv` writes it: ``face_box`` as JSON text, text cells escaped and
+    neutralised, column names too. Every row becomes exactly one line of CSV, since no cell keeps
+    a line break."""
+    out = frame.copy()
+    for column in out.columns:
+        if column == "face_box":
+            out[column] = out[column].map(_box_to_text)
+        elif _is_text(out[column]):
+            out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
+                                       for v in out[column]), out.index)
+    out.columns = [_neutralise(str(c)) for c in out.columns]
+    return out
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -47,6 +47,9 @@ HELP: dict[str, str] = {
     "edge": "a crop running past the image edge: shrink the margin to fit, or pad with black",
     "detect_max_side": "downscale larger images to this many pixels for detection only (0: "
                        "never)",
+    "mtcnn_search": "smallest face MTCNN searches for, in pixels of the image it looks at (12, "
+                    "its window, finds every face it can), or 'scaled': min_face_size scaled to "
+                    "that image, which skips the slowest pyramid levels",
 }
 """What each scoring setting does, in the words the CLI help, the server's task schema and the
 explorer show (one text, so that they cannot disagree)."""
@@ -214,7 +217,7 @@ def face_config_from_record(record: Any) -> FaceCropConfig | None:
 _FACE_SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "margin": (int, float), "square": (bool,), "min_face_size": (int,),
     "min_prob": (int, float), "select": (str,), "edge": (str,),
-    "detect_max_side": (int, type(None)), "detector": (str,),
+    "detect_max_side": (int, type(None)), "detector": (str,), "mtcnn_search": (int, str),
 }
 
 

@@ -69,6 +69,7 @@ from .models import (
 )
 from .models.loading import policy_summary
 from .models.weights import find_weight_file
+from .output import partial_path, record_path
 from .pipeline import classify_files
 from .results import OutputNotWritableError, summary
 from .scoring import HELP
@@ -337,6 +338,11 @@ class DetectorService:
                                        worker_start="forkserver" if os.name == "posix" else None)
             except OutputNotWritableError as exc:
                 raise BadRequestError(f"{exc}.") from None
+            finally:
+                # A request writes its CSV and nothing else: no partial rows, and no record of
+                # the settings (those are for resuming, which requests do not do).
+                partial_path(output_csv).unlink(missing_ok=True)
+                record_path(output_csv).unlink(missing_ok=True)
         if frame.attrs.get("stopped"):
             output_csv.unlink(missing_ok=True)
             raise RunCancelledError(f"The run was cancelled after {len(frame)} of {len(files)} "

@@ -6,11 +6,14 @@ load moves absolute figures; the ratios are what to compare). Nothing is asserte
 1. The model alone: inference and training steps, channels-last against the standard layout.
 2. ``classify_files`` with face crop on --limit files spread over --images.
 3. With --stages: on --stage-files face photos at 512 px and the same photos upscaled to
-   1024 px, for each face detector (MTCNN, and RetinaFace when installed): decoding only;
-   decoding and face detection only (in the pipeline's worker processes, no model); the whole
-   pipeline; and a naive loop (open one image, detect, crop, score it alone, next). It prints
-   images/s, the ratios whole pipeline / detection stage and whole pipeline / naive loop, and
-   the peak resident memory of the process and its workers together.
+   1024 px, for each face detector setting (MTCNN as configured by default; MTCNN on a copy
+   at most 640 px searching only for faces min_face_size keeps; RetinaFace when installed):
+   decoding only; decoding and face detection only (in the pipeline's worker processes, no
+   model; on a CUDA device also MTCNN batched on the GPU); the whole pipeline; and a naive loop
+   (open one image, detect, crop, score it alone, next). It prints images/s, the ratios whole
+   pipeline / detection stage and whole pipeline / naive loop, the peak resident memory of the
+   process and its workers together, and how the faces each other setting finds match
+   default MTCNN's (IoU of the boxes).
 
 Usage: python scripts/benchmark.py [--images DIR] [--limit N] [--device cpu|cuda] [--repeats N]
                                    [--stages] [--stage-files N] [--workers N]
@@ -101,10 +104,16 @@ def pipeline_figures(folder: Path, limit: int, device: str) -> None:
 
 
 class PeakMemory:
-    """Samples the resident memory of this process and all its children, summed, every 50 ms."""
+    """Samples the resident memory of a process (this one by default) and all its descendants,
+    summed, every ``interval`` seconds; ``peak`` is the largest sum seen. ``peak_pss`` is the
+    same for the proportional set size (shared pages split between the processes sharing them,
+    so forked workers are not counted twice)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None, interval: float = 0.05) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -129,14 +138,25 @@ class PeakMemory:
             pass
         return found
 
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
     def _run(self) -> None:
-        while not self._done.wait(0.05):
-            pids, todo = [], [os.getpid()]
+        while not self._done.wait(self.interval):
+            pids, todo = [], [self.pid]
             while todo:
                 pid = todo.pop()
                 pids.append(pid)
                 todo.extend(self._children(pid))
             self.peak = max(self.peak, sum(self._rss(pid) for pid in pids))
+            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in pids))
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -164,12 +184,67 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _rate(files: list[str], run) -> tuple[float, float]:
+def _rate(files: list[str], run) -> tuple[float, str]:
     with PeakMemory() as memory:
         started = time.perf_counter()
         run()
         seconds = time.perf_counter() - started
-    return len(files) / seconds, memory.peak / 2**30
+    return len(files) / seconds, f"{memory.peak / 2**30:.2f} GiB ({memory.peak_pss / 2**30:.2f})"
+
+
+STAGE_DETECTORS = {
+    "mtcnn": FaceCropConfig(detector="mtcnn"),
+    # MTCNN on a copy at most 640 px, searching only for faces that min_face_size keeps.
+    "mtcnn-640-scaled": FaceCropConfig(detector="mtcnn", detect_max_side=640,
+                                       mtcnn_search="scaled"),
+    "retinaface": FaceCropConfig(detector="retinaface"),
+}
+"""The face detectors and settings the stage figures compare."""
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def same_faces(reference: list, other: list) -> tuple[int, int, float, float]:
+    """How ``other``'s faces (per image) match ``reference``'s: images where the number of faces
+    differs, images where the first face of either has no match with IoU >= 0.5, and the mean
+    and smallest IoU of each reference face with its best match."""
+    count_differs = unmatched = 0
+    ious = []
+    for ref_faces, faces in zip(reference, other):
+        count_differs += len(ref_faces) != len(faces)
+        for face in ref_faces:
+            best = max((box_iou(face.box, f.box) for f in faces), default=0.0)
+            ious.append(best)
+            unmatched += best < 0.5
+    mean = sum(ious) / len(ious) if ious else float("nan")
+    return count_differs, unmatched, mean, min(ious, default=float("nan"))
+
+
+def _detect_on_gpu(files: list[str], cropper: FaceCropper, workers: int) -> None:
+    """The CUDA path's detection stage: decoding in workers, MTCNN batched on the GPU."""
+    loader = DataLoader(_DecodeOnly(files), batch_size=32, num_workers=workers,
+                        collate_fn=list, worker_init_fn=_one_thread if workers else None)
+    for images in loader:
+        cropper.detect(images)
+    torch.cuda.synchronize()
+
+
+class _DecodeOnly(Dataset):
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return load_image(self.files[index])
 
 
 def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
@@ -178,12 +253,14 @@ def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
         print(f"need {count} 512 px photos in {folder / 'ffhq_tpdne_roeishc'}; found {len(photos)}")
         return
     detector = load_model("default", device=device)
-    detectors = ["mtcnn"]
+    names = list(STAGE_DETECTORS)
     try:
         import retinaface  # noqa: F401
-        detectors.append("retinaface")
     except ImportError:
+        names.remove("retinaface")
         print("RetinaFace not installed (pip install 'deepfake-toolkit[retinaface]'): MTCNN only")
+    print(f"{count} photos, device {device}; peak = resident memory of this process and its "
+          "workers together (sum of RSS; PSS in brackets)")
     with tempfile.TemporaryDirectory() as scratch:
         big = []
         for index, path in enumerate(photos):
@@ -193,15 +270,16 @@ def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
                     big[-1], quality=90)
         for size, files in ((512, photos), (1024, big)):
             rate, memory = _rate(files, lambda: [load_image(f) for f in files])
-            print(f"{size:4d} px  decode only (1 process)          {rate:7.1f} img/s   "
-                  f"peak {memory:.2f} GiB")
-            for name in detectors:
-                config = FaceCropConfig(detector=name)
-                cropper = FaceCropper(config)
+            print(f"{size:4d} px  decode only (1 process)                {rate:7.1f} img/s   "
+                  f"peak {memory}")
+            whole_rates = {}
+            for name in names:
+                config = STAGE_DETECTORS[name]
+                cpu_cropper = FaceCropper(config)
                 loader_workers = default_workers(len(files), 32) if workers < 0 else workers
 
                 def detect_only() -> None:
-                    loader = DataLoader(_DetectOnly(files, cropper), batch_size=None,
+                    loader = DataLoader(_DetectOnly(files, cpu_cropper), batch_size=None,
                                         num_workers=loader_workers,
                                         worker_init_fn=_one_thread if loader_workers else None)
                     for _ in loader:
@@ -209,28 +287,45 @@ def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
 
                 def whole() -> None:
                     classify_files(files, detector, face_config=config, progress=False,
-                                   num_workers=None if workers < 0 else workers)
+                                   device=device, num_workers=None if workers < 0 else workers)
 
                 @torch.inference_mode()
                 def naive() -> None:
                     for path in files:
                         image = load_image(path)
-                        faces = cropper.detect([image])[0]
-                        region = cropper.crop(image, faces[0]) if faces else image
+                        faces = cpu_cropper.detect([image])[0]
+                        region = cpu_cropper.crop(image, faces[0]) if faces else image
                         detector.predict(detector.transform(region).unsqueeze(0))
 
+                label = f"{size:4d} px  {name:16s}"
                 detect_rate, detect_memory = _rate(files, detect_only)
                 whole_rate, whole_memory = _rate(files, whole)
                 naive_rate, naive_memory = _rate(files, naive)
-                print(f"{size:4d} px  {name:10s} detection stage only   {detect_rate:7.1f} img/s   "
-                      f"peak {detect_memory:.2f} GiB ({loader_workers} workers)")
-                print(f"{size:4d} px  {name:10s} whole pipeline         {whole_rate:7.1f} img/s   "
-                      f"peak {whole_memory:.2f} GiB")
-                print(f"{size:4d} px  {name:10s} naive loop             {naive_rate:7.1f} img/s   "
-                      f"peak {naive_memory:.2f} GiB")
-                print(f"{size:4d} px  {name:10s} pipeline / detection stage "
-                      f"{whole_rate / detect_rate:.2f}x, pipeline / naive loop "
-                      f"{whole_rate / naive_rate:.2f}x")
+                whole_rates[name] = whole_rate
+                print(f"{label} detection stage only {detect_rate:7.1f} img/s   "
+                      f"peak {detect_memory} ({loader_workers} CPU workers)")
+                if device == "cuda" and config.detector == "mtcnn":
+                    gpu_cropper = FaceCropper(config, device="cuda")
+                    gpu_rate, gpu_memory = _rate(
+                        files, lambda: _detect_on_gpu(files, gpu_cropper, loader_workers))
+                    print(f"{label} detection on the GPU  {gpu_rate:7.1f} img/s   "
+                          f"peak {gpu_memory} (batches of 32)")
+                print(f"{label} whole pipeline       {whole_rate:7.1f} img/s   "
+                      f"peak {whole_memory}")
+                print(f"{label} naive loop           {naive_rate:7.1f} img/s   "
+                      f"peak {naive_memory}")
+                print(f"{label} pipeline / detection stage {whole_rate / detect_rate:.2f}x, "
+                      f"pipeline / naive loop {whole_rate / naive_rate:.2f}x")
+            reference = [FaceCropper(STAGE_DETECTORS["mtcnn"]).detect([load_image(f)])[0]
+                         for f in files]
+            for name in names[1:]:
+                cropper = FaceCropper(STAGE_DETECTORS[name])
+                found = [cropper.detect([load_image(f)])[0] for f in files]
+                differs, unmatched, mean_iou, min_iou = same_faces(reference, found)
+                print(f"{size:4d} px  {name} against mtcnn: {sum(map(len, reference))} faces, "
+                      f"face count differs on {differs} images, {unmatched} faces unmatched "
+                      f"(IoU < 0.5), IoU mean {mean_iou:.3f}, min {min_iou:.3f}; whole "
+                      f"pipeline {whole_rates[name] / whole_rates['mtcnn']:.2f}x mtcnn's")
 
 
 def main() -> None:

@@ -175,3 +175,17 @@ def test_a_missing_detector_package_fails_once_with_what_to_install(monkeypatch,
                      "--quiet"]) == 2
     assert 'pip install "deepfake-toolkit[retinaface]"' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_scaled_mtcnn_search_finds_the_same_faces(cropper, astronaut, no_face_image):
+    scaled = FaceCropper(detect_max_side=640, mtcnn_search="scaled")
+    big = astronaut.resize((1024, 1024))
+    reference = cropper.detect([astronaut, no_face_image, big])
+    faces = scaled.detect([astronaut, no_face_image, big])
+    assert [len(f) for f in faces] == [len(f) for f in reference] == [1, 0, 1]
+    assert _iou(faces[0][0].box, reference[0][0].box) > 0.85
+    assert _iou(faces[2][0].box, reference[2][0].box) > 0.85
+    # What min_face_size drops is not searched for: a face smaller than it is still not found.
+    assert FaceCropper(min_face_size=200, mtcnn_search="scaled").detect([astronaut]) == [[]]
+    with pytest.raises(ValueError, match="mtcnn_search"):
+        FaceCropConfig(mtcnn_search=8)
