@@ -86,6 +86,7 @@ def landmark_mask(landmarks: np.ndarray, size: tuple[int, int], rng: random.Rand
     ``blur`` (fractions of the face size); soft masks are eroded first so that the blur stays
     inside the hull.
     """
+    from scipy.ndimage import distance_transform_cdt
     from scipy.spatial import ConvexHull
 
     outline = face_outline(landmarks)
@@ -101,7 +102,11 @@ def landmark_mask(landmarks: np.ndarray, size: tuple[int, int], rng: random.Rand
     if rng.random() < hard_prob:
         return np.asarray(canvas, dtype=np.float32) / 255.0
     sigma = rng.uniform(*blur) * face_size
-    eroded = canvas.filter(ImageFilter.MinFilter(_odd(2 * sigma)))
+    # A square erosion of (size - 1) / 2 pixels (what ImageFilter.MinFilter(size) gives, pixel
+    # for pixel, but in linear time: MinFilter costs seconds at these sizes).
+    inside = np.asarray(canvas) > 0
+    keep = distance_transform_cdt(inside, metric="chessboard") > (_odd(2 * sigma) - 1) // 2
+    eroded = Image.fromarray((keep * 255).astype(np.uint8))
     soft = eroded.filter(ImageFilter.GaussianBlur(sigma))
     mask = np.asarray(soft, dtype=np.float32) / 255.0
     # The blur's tails never leave the hull: outside it the image stays untouched.
