@@ -1,8 +1,10 @@
 """Self-blended images from facial landmarks (Shiohara and Yamasaki, CVPR 2022).
 
-A pseudo-fake is made from one real image only: a slightly altered copy of the image (colour,
-sharpness, small scale and shift) is blended back into the original through a face-shaped mask
-built from the detector's five landmarks, at the image's own resolution. What remains is what
+A pseudo-fake is made from one real image only: a slightly altered copy of the image (brightness,
+contrast, saturation, hue and RGB shift; blur, sharpening or down-and-up scaling; a small scale and
+shift) is blended back into the original through a face-shaped mask built from the detector's five
+landmarks, at the image's own resolution, and only then cut out as the face crop
+(:func:`self_blended_crop`). What remains is what
 face swaps leave - a blending boundary and a statistics mismatch inside the face - without any
 identity change, so a detector trained on it cannot learn a generator's fingerprint instead.
 
