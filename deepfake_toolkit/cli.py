@@ -682,6 +682,9 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
                         metavar="P",
                         help="probability that a real face becomes a self-blended pseudo-fake "
                              f"(default: {recipe.self_blend_prob:g})")
+    parser.add_argument("--probe-self-blends", type=int, default=0, metavar="N",
+                        help="--model clip_probe: also train on N self-blended pseudo-fakes of "
+                             "every training real (masks from MTCNN's landmarks; default: 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, metavar="N")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -702,6 +705,8 @@ def _run_train(args: argparse.Namespace) -> int:
         raise UsageError("--self-blend must lie between 0 and 1")
     if args.paired_real_weight <= 0:
         raise UsageError("--paired-real-weight must be above 0")
+    if args.probe_self_blends < 0 or (args.probe_self_blends and args.model != "clip_probe"):
+        raise UsageError("--probe-self-blends takes a count >= 0 and needs --model clip_probe")
     config = TrainConfig(
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, workers=args.workers, device=args.device,
@@ -714,7 +719,7 @@ def _run_train(args: argparse.Namespace) -> int:
             from .transfer import train_clip_probe
 
             result = train_clip_probe(args.data, args.output, _clip_tower(args.tower), config,
-                                      groups=groups)
+                                      groups=groups, self_blends=args.probe_self_blends)
         else:
             result = train(args.data, args.output, config, groups=groups,
                            progress=not args.quiet)

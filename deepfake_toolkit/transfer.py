@@ -216,16 +216,48 @@ def assign_split(table: pd.DataFrame, every: pd.DataFrame, val_fraction: float =
 # The protocol
 
 
+SELF_BLEND_SOURCE = "self_blend"
+"""The source name self-blended pseudo-fakes train under: one more fake folder to the balanced
+weights, so they get the share of one fake folder whatever their number."""
+
+
+@dataclass(frozen=True)
+class SelfBlends:
+    """Features of self-blended pseudo-fakes, extra fakes for a probe's training.
+
+    Attributes:
+        arrays: Their cached features (as :func:`load_feature_cache` returns them).
+        parent_source: The source folder of the real each blend was made from; a fold that holds
+            a folder out drops that folder's blends with its reals.
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    parent_source: np.ndarray
+
+    def training_rows(self, features: Sequence[str], exclude: str | None = None
+                      ) -> tuple[np.ndarray, pd.DataFrame]:
+        keep = self.parent_source != exclude
+        x = feature_matrix(self.arrays, features)[keep]
+        table = pd.DataFrame({"label": np.ones(int(keep.sum()), dtype=int),
+                              "source": SELF_BLEND_SOURCE})
+        return x, table
+
+
 def _probe_scores(x: np.ndarray, table: pd.DataFrame, train: np.ndarray, c: float,
+                  extra: tuple[np.ndarray, pd.DataFrame] | None = None,
                   ) -> tuple[LinearHead, np.ndarray]:
-    head = fit_probe(x[train], table["label"].to_numpy()[train],
-                     balanced_weights(table[train]), c)
+    x_train, train_table = x[train], table[train][["label", "source"]]
+    if extra is not None:
+        x_train = np.concatenate([x_train, extra[0]])
+        train_table = pd.concat([train_table, extra[1]], ignore_index=True)
+    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table), c)
     return head, head.logit(x)
 
 
 def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: np.ndarray,
                  candidates: Mapping[str, Sequence[str]], c: float = 0.1,
-                 log=print) -> dict[str, Any]:
+                 log=print, self_blends: SelfBlends | None = None,
+                 self_blend_candidates: Sequence[str] = ()) -> dict[str, Any]:
     """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
 
     For each candidate feature set and each fake folder F: the probe is refitted on the training
@@ -233,12 +265,21 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
     whole. Fusion folds also refit their stacking on the other folders' validation split; the CNN
     inside them is the shipped one, not retrained (recorded as such).
 
+    Candidates named in ``self_blend_candidates`` run a second time as "<name>+sbi": the probe
+    trains on the self-blends as extra fakes (one more fake folder to the weights); a fold that
+    holds F out drops F's blends too. Validation and thresholds never see a self-blend. For the
+    other candidates, "self_blend" in their validation entry is the AUC of the self-blends (which
+    they never trained on) against the validation reals: how far the plain probe already tells
+    a self-blend from a real.
+
     Args:
         table: One row per image (label, source).
         arrays: Cached features (see :func:`load_feature_cache`).
         is_val: Validation mask (grouped; see :func:`assign_split`).
         candidates: Name -> feature names.
         c: Probe regularisation.
+        self_blends: Self-blends of training-split reals (None: no "+sbi" candidates).
+        self_blend_candidates: Which candidates also run with self-blends.
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -250,6 +291,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
     cnn = arrays["cnn_logit"].astype(np.float64)
     results: dict[str, Any] = {"validation": {}, "lofo": {}, "threshold": {}}
     val_table = table[is_val].reset_index(drop=True)
+    real_val_all = is_val & (labels == 0)
 
     def validate(name: str, logits: np.ndarray) -> None:
         scores = sigmoid(logits)
@@ -258,10 +300,23 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         results["validation"][name] = folder_table(scores[is_val], val_table, threshold)
 
     validate("cnn", cnn)
-    for name, features in candidates.items():
+    runs = [(name, features, False) for name, features in candidates.items()]
+    if self_blends is not None:
+        runs += [(f"{name}+sbi", candidates[name], True) for name in self_blend_candidates]
+    for name, features, with_blends in runs:
         x = feature_matrix(arrays, features)
-        _, logits = _probe_scores(x, table, ~is_val, c)
+        extra = self_blends.training_rows(features) if with_blends else None
+        head, logits = _probe_scores(x, table, ~is_val, c, extra)
         validate(name, logits)
+        if self_blends is not None and not with_blends:
+            blend_scores = sigmoid(head.logit(self_blends.training_rows(features)[0]))
+            real_scores = sigmoid(logits[real_val_all])
+            results["validation"][name]["self_blend"] = {
+                "auc": binary_metrics(
+                    np.r_[np.ones(len(blend_scores)), np.zeros(len(real_scores))],
+                    np.r_[blend_scores, real_scores], 0.5, n_bootstrap=0)["auc"],
+                "n_fake": len(blend_scores), "n_real": len(real_scores),
+                "note": "self-blends of training reals (never trained on) vs validation reals"}
         validate(f"fusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
                                                            is_val))
         folds: dict[str, Any] = {}
@@ -270,7 +325,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             out = sources == folder
             train = ~is_val & ~out
             val = is_val & ~out
-            _, logits_f = _probe_scores(x, table, train, c)
+            extra_f = self_blends.training_rows(features, exclude=folder) if with_blends else None
+            _, logits_f = _probe_scores(x, table, train, c, extra_f)
             real_val = val & (labels == 0)
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
@@ -331,14 +387,17 @@ def extract_features(tower, images: Sequence, transform,
 def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: str | Path,
                      config=None, groups: Mapping[str, str] | None = None,
                      features: Sequence[str] | None = None, c: float = 0.1,
-                     augmented_views: int = 0, log=print):
+                     augmented_views: int = 0, self_blends: int = 0, log=print):
     """Fit the CLIP probe on labelled folders, as ``deepfake-toolkit train --model clip_probe``.
 
     The split, face crops (cached detection) and hold-out folders are those of
     :func:`deepfake_toolkit.train.train`; the head is a balanced logistic regression on the frozen
     tower's features of each training crop (plus ``augmented_views`` crops per training image
     drawn through the training augmentations - JPEG, blur, rescaling, framing - for both classes);
-    the threshold keeps every real folder's validation real accuracy >= 0.80.
+    the threshold keeps every real folder's validation real accuracy >= 0.80. With
+    ``self_blends`` the head also trains on that many self-blended pseudo-fakes of every training
+    real with a face (:func:`deepfake_toolkit.self_blend.self_blended_crop`, landmarks from MTCNN),
+    weighted as one more fake folder; validation never sees a blend.
 
     Args:
         root: Folder with real/ and fake/ folders at any depth.
@@ -349,6 +408,7 @@ def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: st
         features: Tower features the head reads (default: the registered probe's).
         c: Logistic-regression inverse regularisation on standardised features.
         augmented_views: Extra augmented crops per training image.
+        self_blends: Self-blended pseudo-fakes per training real.
 
     Returns:
         A :class:`deepfake_toolkit.train.TrainResult` (``history`` holds one entry).
@@ -417,7 +477,29 @@ def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: st
         x_train = np.concatenate([x_train, extra_x])
         repeated = train_table.loc[train_table.index.repeat(augmented_views)]
         train_table = pd.concat([train_table, repeated.assign(label=labels)])
-    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table), c)
+    if self_blends:
+        from .faces import FaceCropper
+        from .self_blend import detect_landmarks, self_blended_crop
+
+        mtcnn = FaceCropper(config.face).mtcnn
+        blends = []
+        for path, relative in zip(train_table["path"][train_table["label"] == 0],
+                                  train_table["relative"][train_table["label"] == 0]):
+            found = faces.get(path) or []
+            image = load_image(path)
+            points = detect_landmarks(image, mtcnn, found[0].box) if found else None
+            for k in range(self_blends if points is not None else 0):
+                rng = random.Random(f"{config.seed}/{relative}/{k}")
+                blends.append(self_blended_crop(image, found[0].box, points, config.face,
+                                                rng)[0])
+        if blends:
+            x_train = np.concatenate([x_train, matrix(extract_features(tower, blends,
+                                                                       transform))])
+            train_table = pd.concat([train_table, pd.DataFrame(
+                {"label": np.ones(len(blends), dtype=int), "source": SELF_BLEND_SOURCE})])
+        log(f"{len(blends)} self-blended pseudo-fakes added to training")
+    head = fit_probe(x_train, train_table["label"].to_numpy(),
+                     balanced_weights(train_table[["label", "source"]]), c)
     scores = sigmoid(head.logit(x))
     val = table[table["is_val"]].reset_index(drop=True).assign(
         fake_score=scores[table["is_val"].to_numpy()])
@@ -434,7 +516,8 @@ def train_clip_probe(root: str | Path, output: str | Path | None, tower_path: st
         spec = dataclasses.replace(get_spec("clip_probe"), threshold=round(threshold, 4),
                                    face_crop=config.face,
                                    extra={**get_spec("clip_probe").extra,
-                                          "features": list(features), "C": c})
+                                          "features": list(features), "C": c,
+                                          "self_blends": self_blends})
         weights_path = save_weights(spec, head_state_dict(head), output)
     return TrainResult(weights_path=weights_path, threshold=threshold,
                        history=[{"epoch": 1, "val_auc": auc,

@@ -16,8 +16,13 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
    fusion's stacking refitted on the other folders' validation split. The CNN inside the fusion
    folds is the shipped one, trained with that folder's training split: it is NOT retrained
    (5 x 13 min on this machine), so fusion LOFO is an optimistic bound, recorded as such.
-5. The probe on the feature set with the highest mean LOFO AUC, and its fusion, are fitted for
-   shipping (``CLIP_PROBE_FEATURES`` must name that set):
+5. Self-blends (``--self-blends SB_DIR``, features of self-blended pseudo-fakes of training-split
+   reals from ``extract_transfer_features.py --self-blends N``): every candidate in
+   ``SELF_BLEND_CANDIDATES`` runs again as "<name>+sbi", its probe trained with the blends as
+   extra fakes (weighted as one more fake folder); a LOFO fold drops the blends of the folder it
+   holds out, with its reals. Validation, thresholds and stacking never see a blend.
+6. The probe candidate with the highest mean LOFO AUC, and its fusion, are fitted for
+   shipping (``CLIP_PROBE_FEATURES`` must name its feature set):
    the probe on the training split, the stacking on the validation split; each threshold keeps
    every real folder's validation real accuracy >= 0.80 and within that maximises balanced
    accuracy. Written to WEIGHTS_DIR (clip_probe.safetensors, clip_fusion.safetensors) with the
@@ -25,6 +30,7 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
 
 Usage:
     python scripts/transfer_protocol.py DATA_ROOT FEATURE_DIR WEIGHTS_DIR [--groups GROUPS.csv]
+        [--self-blends SB_DIR]
 """
 
 import argparse
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from deepfake_toolkit.models import get_spec, save_weights
@@ -42,6 +49,7 @@ from deepfake_toolkit.models.default import DEFAULT_WEIGHTS
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS, load_safetensors
 from deepfake_toolkit.train import find_labelled_images, read_groups
 from deepfake_toolkit.transfer import (
+    SelfBlends,
     assign_split,
     balanced_weights,
     feature_matrix,
@@ -61,6 +69,7 @@ CANDIDATES = {
     **{f"cls{k}": (f"cls{k}",) for k in (4, 6, 8, 9, 10, 11)},
     "cls6+cls9+pooled": ("cls6", "cls9", "pooled"),
 }
+SELF_BLEND_CANDIDATES = tuple(CANDIDATES)
 PROBE_C = 0.1
 
 
@@ -70,7 +79,14 @@ def main() -> None:
     parser.add_argument("features")
     parser.add_argument("weights_dir")
     parser.add_argument("--groups")
+    parser.add_argument("--self-blends", metavar="SB_DIR",
+                        help="features of self-blends of training reals "
+                             "(extract_transfer_features.py --self-blends N)")
+    parser.add_argument("--candidates", help="comma-separated subset of the candidates (a quick "
+                        "look; the shipped record runs them all)")
     args = parser.parse_args()
+    candidates = ({n: CANDIDATES[n] for n in args.candidates.split(",")} if args.candidates
+                  else CANDIDATES)
     started = time.perf_counter()
     groups = read_groups(args.groups) if args.groups else None
     every = find_labelled_images(args.data, groups)
@@ -80,7 +96,26 @@ def main() -> None:
     is_val = assign_split(table, every)
     print(f"{len(table)} of {len(every)} images have cached features "
           f"({int(is_val.sum())} validation)", flush=True)
-    results = run_protocol(table, arrays, is_val, CANDIDATES, c=PROBE_C)
+    blends, blend_record = None, None
+    if args.self_blends:
+        blend_table, blend_arrays = load_feature_cache(args.self_blends)
+        parent = pd.DataFrame({"relative": blend_table["relative"]})
+        parent_val = assign_split(parent, every)
+        if parent_val.any() or (blend_table["label"] != 1).any():
+            raise SystemExit(f"{int(parent_val.sum())} self-blends come from validation images: "
+                             "extract them with the same --groups as this run")
+        blends = SelfBlends(blend_arrays, blend_table["source"].to_numpy())
+        blend_record = {
+            "blends": len(blend_table), "parents": int(blend_table["relative"].nunique()),
+            "per_folder": blend_table.groupby("source").size().to_dict(),
+            "mask_share_median": float(np.median(blend_arrays["mask_share"])),
+            "cnn_fake_score_median": float(np.median(sigmoid(blend_arrays["cnn_logit"])))}
+        print(f"{len(blend_table)} self-blends of {blend_record['parents']} training reals",
+              flush=True)
+    with_blends = [n for n in SELF_BLEND_CANDIDATES if n in candidates] if blends else []
+    results = run_protocol(table, arrays, is_val, candidates, c=PROBE_C, self_blends=blends,
+                           self_blend_candidates=with_blends)
+    probes = {**candidates, **{f"{n}+sbi": candidates[n] for n in with_blends}}
 
     fake_folders = sorted(set(table.loc[table.label == 1, "source"]))
     default_record = json.loads((PROJECT_WEIGHTS / "deepfake_toolkit_default.json").read_text())
@@ -91,10 +126,11 @@ def main() -> None:
         for folder, values in default_record["leave_one_folder_out"]["results"].items()}
     results["ship_rule"] = ship_rule(results, fake_folders)
     mean_lofo = {name: float(np.mean([results["lofo"][name][f]["auc"] for f in fake_folders]))
-                 for name in CANDIDATES}
+                 for name in probes}
     preferred = max(mean_lofo, key=mean_lofo.get)
-    print(f"mean LOFO AUC per feature set: {json.dumps(mean_lofo)}; preferred: {preferred}")
-    shipped_features = CANDIDATES[preferred]
+    print(f"mean LOFO AUC per candidate: {json.dumps(mean_lofo)}; preferred: {preferred}")
+    shipped_features = probes[preferred]
+    shipped_blends = preferred.endswith("+sbi")
     if shipped_features != CLIP_PROBE_FEATURES:
         print(f"NOTE: the heads are fitted on {preferred}, which LOFO prefers; set "
               f"CLIP_PROBE_FEATURES = {shipped_features!r} in deepfake_toolkit/models/clip.py "
@@ -105,7 +141,13 @@ def main() -> None:
     sources = table["source"].to_numpy()
     x = feature_matrix(arrays, shipped_features)
     train = ~is_val
-    head = fit_probe(x[train], labels[train], balanced_weights(table[train]), PROBE_C)
+    x_train, train_table = x[train], table[train][["label", "source"]]
+    if shipped_blends:
+        x_blends, blend_rows = blends.training_rows(shipped_features)
+        x_train = np.concatenate([x_train, x_blends])
+        train_table = pd.concat([train_table, blend_rows], ignore_index=True)
+    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table),
+                     PROBE_C)
     probe_logit = head.logit(x)
     probe_threshold = threshold_with_real_floor(sigmoid(probe_logit[is_val]), labels[is_val],
                                                 sources[is_val])
@@ -113,7 +155,8 @@ def main() -> None:
     probe_spec = get_spec("clip_probe")
     probe_spec = dataclasses.replace(probe_spec, threshold=round(probe_threshold, 4),
                                      extra={**probe_spec.extra, "C": PROBE_C,
-                                            "features": list(shipped_features)})
+                                            "features": list(shipped_features),
+                                            "self_blends": bool(shipped_blends)})
     save_weights(probe_spec, head_state_dict(head), out / probe_spec.weights[0].filename)
 
     cnn_logit = arrays["cnn_logit"].astype(np.float64)
@@ -136,7 +179,8 @@ def main() -> None:
 
     val_table = table[is_val].reset_index(drop=True)
     shipped = {
-        "clip_probe": {"features": list(shipped_features), "C": PROBE_C,
+        "clip_probe": {"candidate": preferred, "features": list(shipped_features), "C": PROBE_C,
+                       "self_blends": bool(shipped_blends),
                        "threshold": probe_threshold,
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
@@ -151,7 +195,8 @@ def main() -> None:
                  "validation": int(is_val.sum()),
                  "per_folder": table.groupby(["source", "label"]).size().rename(
                      lambda v: v).reset_index().to_dict("records")},
-        "candidates": {k: list(v) for k, v in CANDIDATES.items()},
+        "candidates": {k: list(v) for k, v in probes.items()},
+        "self_blends": blend_record,
         "probe_C": PROBE_C,
         "mean_lofo_auc": mean_lofo,
         "lofo_preferred": preferred,
@@ -202,11 +247,15 @@ def markdown_tables(record: dict, preferred: str) -> str:
         lofo_aucs = [lofo.get(f, {}).get("auc") for f in fake]
         mean = (sum(lofo_aucs) / len(lofo_aucs)) if lofo and None not in lofo_aucs else None
         label = f"**{name}**" if name in (preferred, f"fusion:{preferred}") else name
+        label += " †" if name.startswith("fusion:") else ""
         lines.append(f"| {label} | " + " | ".join(cell(validation[name][f].get("auc"))
                                                  for f in fake)
                      + f" | {cell(validation[name]['all']['auc'])} | "
                      + " | ".join(cell(a) for a in lofo_aucs) + f" | {cell(mean)} |")
-    lines += ["", "| candidate | threshold | " + " | ".join(real) + " | fake accuracy (all) |",
+    lines += ["", "† Fusion LOFO is an optimistic bound, not a leave-one-folder-out figure: the CNN "
+              "inside every fold is the shipped one, trained on the held-out folder's training "
+              "split; only the probe and the stacking are refitted without the folder.",
+              "", "| candidate | threshold | " + " | ".join(real) + " | fake accuracy (all) |",
               "|---" * (len(real) + 3) + "|"]
     for name in names:
         lines.append(f"| {name} | {results['threshold'][name]:.4f} | "

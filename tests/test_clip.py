@@ -194,6 +194,37 @@ def test_probe_head_matches_scikit_learn_and_separates_what_it_can():
     assert ((head.logit(x) > 0) == y).mean() > 0.85
 
 
+
+def test_protocol_with_self_blends_drops_a_held_out_folders_blends():
+    """run_protocol's "+sbi" candidates train on self-blends as one more fake folder; a
+    leave-one-folder-out fold drops the blends made from the folder it holds out."""
+    import pandas as pd
+
+    from deepfake_toolkit.transfer import SELF_BLEND_SOURCE, SelfBlends, run_protocol
+
+    rng = np.random.default_rng(0)
+    rows = [(s, label) for s, n_real, n_fake in (("a", 30, 30), ("b", 30, 30), ("r", 30, 0))
+            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    n = len(table)
+    pooled = rng.normal(size=(n, 6)) + table["label"].to_numpy()[:, None] * 1.5
+    arrays = {"pooled": pooled, "cnn_logit": rng.normal(size=n) + 2 * table["label"].to_numpy()}
+    is_val = np.arange(n) % 4 == 0
+    blends = SelfBlends({"pooled": rng.normal(size=(9, 6)) + 1.0},
+                        np.array(["a"] * 4 + ["r"] * 5))
+    x, rows_kept = blends.training_rows(("pooled",), exclude="a")
+    assert len(x) == 5 and set(rows_kept["source"]) == {SELF_BLEND_SOURCE}
+    assert (rows_kept["label"] == 1).all()
+    results = run_protocol(table, arrays, is_val, {"pooled": ("pooled",)}, log=lambda _: None,
+                           self_blends=blends, self_blend_candidates=["pooled"])
+    assert set(results["lofo"]) == {"pooled", "fusion:pooled", "pooled+sbi",
+                                    "fusion:pooled+sbi"}
+    assert set(results["lofo"]["pooled+sbi"]) == {"a", "b"}
+    assert results["validation"]["pooled"]["self_blend"]["n_fake"] == 9
+    assert 0.0 <= results["validation"]["pooled+sbi"]["all"]["auc"] <= 1.0
+
+
 def test_threshold_keeps_every_real_folder_at_the_floor():
     """Compared with a brute-force search over every candidate threshold."""
     rng = np.random.default_rng(0)
@@ -238,6 +269,31 @@ def test_probe_training_runs_on_a_tiny_folder(tiny_clip, tmp_path, astronaut):
     recorded = recorded_spec(out)
     assert recorded["threshold"] == pytest.approx(result.threshold, abs=1e-4)
     assert recorded["extra"]["features"] == ["cls3"]
+
+
+
+def test_probe_training_with_self_blends_runs_on_a_tiny_folder(tiny_clip, tmp_path, astronaut):
+    """train_clip_probe with self_blends: pseudo-fakes made from the training reals only (never
+    validation or hold-out reals), added as fakes, and the head still round-trips its spec."""
+    from deepfake_toolkit.models.registry import recorded_spec
+    from deepfake_toolkit.train import TrainConfig
+    from deepfake_toolkit.transfer import train_clip_probe
+    from tests.test_train import _labelled_folder
+
+    root = _labelled_folder(tmp_path / "data", astronaut)
+    config = TrainConfig(workers=0, device="cpu", cache_dir=str(tmp_path / "cache"),
+                         holdout_sources=("set_b",), val_fraction=0.5)
+    out = tmp_path / "w" / "clip_probe.safetensors"
+    messages = []
+    result = train_clip_probe(root, out, tiny_clip["wheel"], config, features=("cls3",),
+                              self_blends=2, log=messages.append)
+    added = [int(m.split()[0]) for m in messages if "self-blended" in m]
+    val = result.validation
+    # set_a holds 8 reals, some in validation; set_b (8 more) is held out.
+    training_reals = 8 - int((val["label"] == 0).sum())
+    assert added and 0 < added[0] <= 2 * training_reals and added[0] % 2 == 0
+    assert set(val["source"]) == {"set_a"} and val["fake_score"].between(0, 1).all()
+    assert recorded_spec(out)["extra"]["self_blends"] == 2
 
 
 def _real_tower():

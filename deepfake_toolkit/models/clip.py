@@ -436,8 +436,9 @@ CLIP_PREPROCESS = Preprocess(input_size=224, resize="exact", interpolation="bili
 CLIP itself was trained on a bicubic shorter-side resize and centre crop; face crops are square,
 so only the filter differs, and the probe was trained on exactly this transform."""
 
-CLIP_PROBE_FEATURES = ("pooled",)
-"""The features the shipped probe reads, as leave-one-folder-out preferred them (see
+CLIP_PROBE_FEATURES = ("embeds",)
+"""The features the shipped probe reads, as leave-one-folder-out preferred them (the projected
+embedding, with self-blended pseudo-fakes among the training fakes; see
 scripts/transfer_protocol.py and weights/clip_transfer.json)."""
 
 CLIP_PROBE_WEIGHTS = "clip_probe.safetensors"
