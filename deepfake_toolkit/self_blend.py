@@ -8,10 +8,12 @@ landmarks, at the image's own resolution, and only then cut out as the face crop
 face swaps leave - a blending boundary and a statistics mismatch inside the face - without any
 identity change, so a detector trained on it cannot learn a generator's fingerprint instead.
 
-How this differs from ``deepfake_toolkit.train.self_blend`` (the ``--self-blend`` option): that
-one pastes through an ellipse centred on the crop, whatever the face's pose and position, so its
-boundary rarely follows a face; here the mask is the convex hull of the landmarks extended to
-brow, cheeks and chin, scaled and deformed at random, with soft or hard edges as the paper's
+This is the toolkit's one self-blend generator. The training augmenter's ``--self-blend`` option
+uses it on face crops whose landmarks were not detected (:func:`self_blended_face`: landmarks of a
+face centred in the crop); the CLIP probe's self-blends use the detected landmarks. Until this
+session that option pasted through an ellipse centred on the crop, whatever the face's pose, so
+its boundary rarely followed a face; here the mask is the convex hull of the landmarks extended
+to brow, cheeks and chin, scaled and deformed at random, with soft or hard edges as the paper's
 augmentations, and the image outside the mask is left bit for bit untouched.
 """
 
@@ -175,6 +177,23 @@ def self_blended_image(image: Image.Image, landmarks: np.ndarray, rng: random.Ra
     blended = original + mask[..., None] * (source - original)
     result = np.where(mask[..., None] > 0, np.clip(np.rint(blended), 0, 255), original)
     return Image.fromarray(result.astype(np.uint8)), mask
+
+
+CROP_LANDMARKS = np.array([[0.36, 0.42], [0.64, 0.42], [0.50, 0.57], [0.39, 0.72], [0.61, 0.72]],
+                          dtype=np.float32)
+"""Where the five landmarks of an upright face sit in the toolkit's square face crop (margin
+0.1), as fractions of its width and height: for crops whose landmarks were not detected."""
+
+
+def self_blended_face(face: Image.Image, rng: random.Random) -> Image.Image:
+    """A self-blended pseudo-fake of a face crop without detected landmarks (the training
+    augmenter's ``self_blend_prob``): :func:`self_blended_image` with the landmarks of a face
+    centred in the crop (:data:`CROP_LANDMARKS`), each moved by up to 3% of the crop."""
+    width, height = face.size
+    jitter = np.array([[rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03)] for _ in range(5)],
+                      dtype=np.float32)
+    landmarks = (CROP_LANDMARKS + jitter) * np.array([width, height], dtype=np.float32)
+    return self_blended_image(face, landmarks, rng)[0]
 
 
 def self_blended_crop(image: Image.Image, box: Sequence[float], landmarks: np.ndarray,

