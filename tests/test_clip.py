@@ -275,7 +275,7 @@ def test_probe_training_runs_on_a_tiny_folder(tiny_clip, tmp_path, astronaut):
 def test_probe_training_with_self_blends_runs_on_a_tiny_folder(tiny_clip, tmp_path, astronaut):
     """train_clip_probe with self_blends: pseudo-fakes made from the training reals only (never
     validation or hold-out reals), added as fakes, and the head still round-trips its spec."""
-    from deepfake_toolkit.models.registry import recorded_spec
+    from deepfake_toolkit.models.loading import recorded_spec
     from deepfake_toolkit.train import TrainConfig
     from deepfake_toolkit.transfer import train_clip_probe
     from tests.test_train import _labelled_folder
