@@ -57,7 +57,7 @@ from .pipeline import (
 )
 from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
     escape_cell, restore_types, results_frame, unescape_cell
-from .scoring import FaceSettings, Scoring, ScoringMismatchWarning, run_policies
+from .scoring import FaceSettings, Scoring, run_policies
 
 RAY_INSTALL_HINT = 'pip install "deepfake-toolkit[ray]"'
 """What to run when Ray is missing."""
@@ -323,7 +323,8 @@ def _items_from_columns(batch) -> list[_Item]:
                            if len(blob) else torch.empty(0))
         items.append(_Item(
             path=facts["path"], width=facts["width"], height=facts["height"],
-            file_size=facts["file_size"], file_mtime=facts["file_mtime"], error=facts["error"], faces=faces, region=facts["region"],
+            file_size=facts["file_size"], file_mtime=facts["file_mtime"], error=facts["error"],
+            faces=faces, region=facts["region"],
             scored_faces=[faces[i] if i >= 0 else None for i in facts["scored"]],
             tensors=tensors, provenance=facts["provenance"]))
     return items
@@ -386,6 +387,25 @@ def classify_dataset(
         >>> paths = ray.data.read_parquet("s3-mount/case-42/paths.parquet") # doctest: +SKIP
         >>> classify_dataset(paths, "default").write_parquet("scores/")      # doctest: +SKIP
     """
+    # Loaded here: unknown models and missing or mismatched weights fail now, with their own
+    # messages, before any actor starts.
+    detectors = load_detectors(model, weights_dir, "cpu")
+    policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                            face_config=face_config, no_face=no_face, threshold=threshold,
+                            bands=bands)
+    return _score_dataset(dataset, detectors, policies, batch_size=batch_size, device=device,
+                          max_pixels=max_pixels, perturb=perturb, provenance=provenance,
+                          path_column=path_column, crop_actors=crop_actors,
+                          model_actors=model_actors)
+
+
+def _score_dataset(dataset, detectors: list[Detector], policies: list[Scoring], *,
+                   batch_size: int = 32, device: str = "auto",
+                   max_pixels: int = DEFAULT_MAX_PIXELS,
+                   perturb: Callable[[Image.Image], Image.Image] | None = None,
+                   provenance: bool = True, path_column: str = "path",
+                   crop_actors: int | None = None, model_actors: int | None = None):
+    """:func:`classify_dataset` with the models loaded and their policies resolved."""
     ray = import_ray()
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -399,13 +419,6 @@ def classify_dataset(
     use_gpu = device == "cuda" or (device == "auto" and gpus >= 1)
     plan = plan_actors(float(resources.get("CPU", 1.0)), gpus, use_gpu, crop_actors,
                        model_actors)
-
-    # Loaded here: unknown models and missing or mismatched weights fail now, with their own
-    # messages, before any actor starts.
-    detectors = load_detectors(model, weights_dir, "cpu")
-    policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
-                            face_config=face_config, no_face=no_face, threshold=threshold,
-                            bands=bands)
     transforms = shared_transforms(detectors)[0]
     payload = ray.put([(d.spec, {k: v.detach().cpu() for k, v in d.module.state_dict().items()},
                         d.weights_path) for d in detectors])
@@ -477,13 +490,13 @@ def classify_files_on_ray(
     paths = [str(Path(f).expanduser()) for f in files]
     if output_csv is not None:
         check_writable(output_csv)
-    detectors = load_detectors(model, options.get("weights_dir"), "cpu")
+    detectors = load_detectors(model, options.pop("weights_dir", None), "cpu")
+    # Resolved once: the run record and the actors use the same policies.
+    policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
+                            **{key: options.pop(key, None)
+                               for key in ("face_config", "no_face", "threshold", "bands")})
     output = None
     if output_csv is not None:
-        policies = run_policies(
-            [(d.name, d.scoring) for d in detectors], face_crop=face_crop,
-            face_config=options.get("face_config"), no_face=options.get("no_face"),
-            threshold=options.get("threshold"), bands=options.get("bands"))
         settings = run_fingerprint(detectors, policies,
                                    max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
                                    provenance=options.get("provenance", True))
@@ -491,20 +504,16 @@ def classify_files_on_ray(
                             resume=resume)
         paths = output.remaining
     try:
-        with warnings.catch_warnings():
-            if output is not None:  # warned above already
-                warnings.simplefilter("ignore", ScoringMismatchWarning)
-            return _classify_on_ray(paths, detectors, face_crop, output,
-                                    ray_address=ray_address, batch_size=batch_size,
-                                    num_workers=num_workers, device=device, progress=progress,
-                                    stop=stop, on_batch=on_batch, **options)
+        return _classify_on_ray(paths, detectors, policies, output, ray_address=ray_address,
+                                batch_size=batch_size, num_workers=num_workers, device=device,
+                                progress=progress, stop=stop, on_batch=on_batch, **options)
     except BaseException as exc:
         if output is not None and not isinstance(exc, ClassificationInterrupted):
             output.close()  # the partial stays, for resume=True
         raise
 
 
-def _classify_on_ray(paths: list[str], detectors: list[Detector], face_crop: bool | None,
+def _classify_on_ray(paths: list[str], detectors: list[Detector], policies: list[Scoring],
                      output: ResultFile | None, *, ray_address: str | None, batch_size: int,
                      num_workers: int | None, device: str, progress: bool,
                      stop: threading.Event | None,
@@ -534,8 +543,8 @@ def _classify_on_ray(paths: list[str], detectors: list[Detector], face_crop: boo
             listing = ray.data.from_items(
                 [{"path": escape_cell(p)} for p in paths],
                 override_num_blocks=max(1, math.ceil(len(paths) / batch_size)))
-            results = classify_dataset(listing, detectors, face_crop, batch_size=batch_size,
-                                       device=device, crop_actors=num_workers, **options)
+            results = _score_dataset(listing, detectors, policies, batch_size=batch_size,
+                                     device=device, crop_actors=num_workers, **options)
             for batch in _interruptible(results.iter_batches(batch_size=None,
                                                              batch_format="pandas")):
                 part = restore_types(batch)
