@@ -114,11 +114,10 @@ class Scoring:
     def rule(self) -> str:
         """The label rule in words, as recorded in the ``label_rule`` column: "threshold 0.5291
         (model)", "threshold 0.7 (user)" or "bands"."""
-        if self.user_threshold is not None:
-            return f"threshold {self.user_threshold:g} (user)"
-        if self.threshold is not None and not self.bands:
-            return f"threshold {self.threshold:g} (model)"
-        return "bands"
+        labels = self.labels
+        if isinstance(labels, Bands):
+            return labels.describe()
+        return f"{labels.describe()} ({'user' if self.user_threshold is not None else 'model'})"
 
     def override(
         self,
