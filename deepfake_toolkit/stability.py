@@ -112,14 +112,11 @@ def judge(seen: Sequence[tuple[str, float, str]]) -> tuple[str, str]:
         f"{name} {score:.3f} ({label})" for name, score, label in seen)
 
 
-def relabel(frame: pd.DataFrame, scheme: Callable[[float], str],
-            rule: str | None = None) -> pd.DataFrame:
+def relabel(frame: pd.DataFrame, scheme: Callable[[float], str]) -> pd.DataFrame:
     """Label the scored rows of ``frame`` again with ``scheme`` (e.g. a new threshold), judging
-    stability again from the recorded ``stability_scores`` where the check ran; ``rule`` (e.g.
-    ``Scoring.rule``) is recorded in ``label_rule`` of the relabelled rows."""
+    stability again from the recorded ``stability_scores`` where the check ran."""
     out = frame.copy()
     labels, reasons = out["label"].tolist(), out["stability_reason"].tolist()
-    rules = out["label_rule"].tolist() if "label_rule" in out else [""] * len(out)
     for position, row in enumerate(out[["fake_score", "stability_scores"]].itertuples()):
         if row.fake_score is None or math.isnan(row.fake_score):
             continue
@@ -129,11 +126,7 @@ def relabel(frame: pd.DataFrame, scheme: Callable[[float], str],
             if value and value != "none":
                 seen.append((name, float(value), scheme(float(value))))
         labels[position], reasons[position] = judge(seen)
-        if rule is not None:
-            rules[position] = rule
     out["label"] = pd.Series(labels, index=out.index, dtype=object)
-    if "label_rule" in out:
-        out["label_rule"] = pd.Series(rules, index=out.index, dtype=object)
     out["stability_reason"] = pd.Series(reasons, index=out.index, dtype=object)
     return out
 
