@@ -29,8 +29,9 @@ from torch import nn
 
 from .faces import FaceCropper, crop_window
 from .images import DEFAULT_MAX_PIXELS, load_image
-from .models import Detector, load_model, resolve_device
+from .models import Detector, resolve_device
 from .models.spec import ModelSpec
+from .pipeline import load_detectors
 from .scoring import FaceSettings, run_policies
 
 EXPLAIN_EXTRA = 'pip install "deepfake-toolkit[explain]"'
@@ -282,10 +283,8 @@ def explain_files(
     Returns:
         A table with :data:`EXPLAIN_COLUMNS`; unreadable files get a row with their ``error``.
     """
-    models = [model] if isinstance(model, (str, Detector)) else list(model)
     resolved = resolve_device(device)
-    detectors = [m if isinstance(m, Detector) else load_model(m, weights_dir, resolved)
-                 for m in models]
+    detectors = load_detectors(model, weights_dir, resolved)
     region = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
                           face_config=face_config)[0]
     cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
