@@ -294,3 +294,13 @@ def test_cuda_without_a_gpu_exits_2(capsys, tmp_path: Path) -> None:
     assert main(["classify", str(tmp_path), "--device", "cuda", "-o",
                  str(tmp_path / "x.csv")]) == 2
     assert "no usable CUDA GPU" in capsys.readouterr().err
+
+
+def test_every_face_crop_setting_is_readable_from_a_record_and_reachable_from_the_cli() -> None:
+    from deepfake_toolkit.cli import FACE_SETTINGS
+    from deepfake_toolkit.scoring import HELP, _FACE_SETTING_TYPES
+
+    fields = {field.name for field in dataclasses.fields(FaceCropConfig)}
+    assert set(_FACE_SETTING_TYPES) == fields
+    assert set(FACE_SETTINGS) == fields
+    assert fields <= set(HELP)
