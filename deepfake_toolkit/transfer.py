@@ -189,6 +189,14 @@ def load_feature_cache(folder: str | Path) -> tuple[pd.DataFrame, dict[str, np.n
                           "label": arrays.pop("label").astype(int),
                           "source": arrays.pop("source").astype(str),
                           "has_face": arrays.pop("has_face").astype(bool)})
+    # An extraction resumed after a crash can write a chunk twice; self-blends of one real share
+    # its path but not their index, so only the whole key counts.
+    key = table["relative"] + "#" + pd.Series(arrays["blend"]).astype(str) \
+        if "blend" in arrays else table["relative"]
+    first = ~key.duplicated().to_numpy()
+    if not first.all():
+        table = table[first].reset_index(drop=True)
+        arrays = {name: values[first] for name, values in arrays.items()}
     return table, arrays
 
 
@@ -233,10 +241,18 @@ class SelfBlends:
 
     arrays: Mapping[str, np.ndarray]
     parent_source: np.ndarray
+    parent: np.ndarray | None = None
 
-    def training_rows(self, features: Sequence[str], exclude: str | None = None
+    def training_rows(self, features: Sequence[str], exclude: str | None = None,
+                      exclude_parents: set[str] | None = None
                       ) -> tuple[np.ndarray, pd.DataFrame]:
+        """Features and table rows of the blends, less those made from folder ``exclude`` and
+        (needs ``parent``) from the images in ``exclude_parents``."""
         keep = self.parent_source != exclude
+        if exclude_parents:
+            if self.parent is None:
+                raise ValueError("these self-blends do not record their parent images")
+            keep &= ~np.isin(self.parent, list(exclude_parents))
         x = feature_matrix(self.arrays, features)[keep]
         table = pd.DataFrame({"label": np.ones(int(keep.sum()), dtype=int),
                               "source": SELF_BLEND_SOURCE})
@@ -257,13 +273,16 @@ def _probe_scores(x: np.ndarray, table: pd.DataFrame, train: np.ndarray, c: floa
 def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: np.ndarray,
                  candidates: Mapping[str, Sequence[str]], c: float = 0.1,
                  log=print, self_blends: SelfBlends | None = None,
-                 self_blend_candidates: Sequence[str] = ()) -> dict[str, Any]:
+                 self_blend_candidates: Sequence[str] = (),
+                 fold_cnn: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
 
     For each candidate feature set and each fake folder F: the probe is refitted on the training
     split of the other folders, its threshold chosen on their validation split, and F scored
     whole. Fusion folds also refit their stacking on the other folders' validation split; the CNN
-    inside them is the shipped one, not retrained (recorded as such).
+    inside them is the shipped one, not retrained (recorded as such), unless ``fold_cnn`` gives
+    each fold's own CNN: then the fusion fold is a true leave-one-folder-out (see
+    :func:`honest_fusion_fold`).
 
     Candidates named in ``self_blend_candidates`` run a second time as "<name>+sbi": the probe
     trains on the self-blends as extra fakes (one more fake folder to the weights); a fold that
@@ -280,6 +299,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         c: Probe regularisation.
         self_blends: Self-blends of training-split reals (None: no "+sbi" candidates).
         self_blend_candidates: Which candidates also run with self-blends.
+        fold_cnn: Fake folder -> the scores of a CNN trained without it (``scripts/lofo.py
+            --scores``: relative, part, fake_score), one entry per fake folder.
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -330,6 +351,11 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             real_val = val & (labels == 0)
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
+            if fold_cnn is not None:
+                fused_folds[folder] = honest_fusion_fold(
+                    x, table, folder, fold_cnn[folder], c,
+                    self_blends.training_rows if with_blends else None, features)
+                continue
             z = np.stack([cnn, logits_f], 1)
             w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
             fused = sigmoid(z @ w + b)
@@ -341,6 +367,49 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}"
                                                   for k, v in folds.items()))
     return results
+
+
+def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
+                       c: float, blend_rows=None, features: Sequence[str] = ()
+                       ) -> dict[str, float]:
+    """One leave-one-folder-out fold of the fusion in which nothing saw ``folder``.
+
+    ``fold`` holds the per-image scores of a CNN trained without ``folder`` and the split it was
+    trained with (``scripts/lofo.py --scores``: part "validation" for its validation images,
+    "holdout" for the folder's). That split is used for everything in the fold: the probe trains
+    on the CNN's training images (and the self-blends of their reals, from ``blend_rows``), the
+    stacking is fitted on the CNN's validation images, and the folder is scored against its own
+    reals (or, fake-only, the validation reals).
+
+    Returns:
+        :func:`held_out_auc`'s figures.
+    """
+    table = table.reset_index(drop=True)
+    score = dict(zip(fold["relative"], fold["fake_score"]))
+    part = table["relative"].map(dict(zip(fold["relative"], fold["part"])))
+    out = (table["source"] == folder).to_numpy()
+    val = (part == "validation").to_numpy()
+    if not (part[out] == "holdout").all():
+        raise ValueError(f"the fold scores of {folder} do not hold all of its images out")
+    train = ~val & ~out
+    extra = None
+    if blend_rows is not None:
+        extra = blend_rows(features, exclude=folder,
+                           exclude_parents=set(table.loc[val, "relative"]))
+    _, probe = _probe_scores(x, table, train, c, extra)
+    scored = val | out
+    # The CNN's scores were stored as float32 probabilities; 1 - 1e-7 keeps their logits finite.
+    p = np.clip(table.loc[scored, "relative"].map(score).to_numpy(np.float64), 1e-7, 1 - 1e-7)
+    cnn = np.full(len(table), np.nan)
+    cnn[scored] = np.log(p) - np.log1p(-p)
+    z = np.stack([cnn, probe], 1)
+    labels = table["label"].to_numpy()
+    w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
+    fused = sigmoid(z @ w + b)
+    real_val = val & (labels == 0)
+    return {**held_out_auc(fused[out], table[out], fused[real_val]),
+            "stack_weight": [float(v) for v in w], "stack_bias": float(b),
+            "note": "CNN retrained without the folder (scripts/lofo.py --scores)"}
 
 
 def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.ndarray,

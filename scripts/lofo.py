@@ -9,12 +9,17 @@ Every run uses the shipped recipe (TrainConfig's defaults) unless an option chan
 Usage:
     python scripts/lofo.py DATA_ROOT OUT.json [--groups GROUPS.csv] [--folders A B ...]
                            [--epochs N] [--lr LR] [--steps-per-epoch N] [--self-blend P]
-                           [--paired-real-weight W] [--device D]
+                           [--paired-real-weight W] [--device D] [--scores DIR]
+
+--scores DIR writes each fold's per-image scores (DIR/<folder>.csv: relative, label, source,
+part = validation | holdout, fake_score) so that a later stacking (scripts/transfer_protocol.py
+--fold-cnn-scores DIR) can use the CNN that never saw the folder.
 """
 
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -34,6 +39,14 @@ def held_out_metrics(result) -> dict:
                                    "average_precision", "balanced_accuracy", "eer")}
 
 
+def write_fold_scores(result, out: Path) -> None:
+    columns = ["relative", "label", "source", "fake_score"]
+    parts = [result.validation[columns].assign(part="validation"),
+             result.holdout[columns].assign(part="holdout")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(parts, ignore_index=True).to_csv(out, index=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
@@ -49,6 +62,7 @@ def main() -> None:
     parser.add_argument("--device", default=recipe.device)
     parser.add_argument("--workers", type=int, default=recipe.workers)
     parser.add_argument("--cache-dir", default=recipe.cache_dir)
+    parser.add_argument("--scores", metavar="DIR", help="write each fold's per-image scores here")
     args = parser.parse_args()
     groups = read_groups(args.groups) if args.groups else None
     table = find_labelled_images(args.data, groups)
@@ -65,6 +79,8 @@ def main() -> None:
                            "validation_auc": result.metrics()["validation"]["all"].get("auc"),
                            "epochs": len(result.history), "seconds": result.seconds}
         print(folder, json.dumps(results[folder]["held_out"]), flush=True)
+        if args.scores:
+            write_fold_scores(result, Path(args.scores) / f"{folder}.csv")
         with open(args.out, "w") as stream:
             json.dump({"options": vars(args), "results": results}, stream, indent=1)
 

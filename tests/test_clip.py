@@ -225,6 +225,68 @@ def test_protocol_with_self_blends_drops_a_held_out_folders_blends():
     assert 0.0 <= results["validation"]["pooled+sbi"]["all"]["auc"] <= 1.0
 
 
+def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
+    """A fusion fold with a retrained CNN (scripts/lofo.py --scores) takes everything from that
+    CNN's split: the probe trains on its training images plus the self-blends of their reals
+    only, the stacking fits on its validation images, and the folder is scored against its own
+    reals. Compared with the same fold assembled by hand and scored with scikit-learn's AUC."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_toolkit.transfer import (SelfBlends, balanced_weights, fit_probe, fit_stacking,
+                                           honest_fusion_fold, run_protocol)
+
+    rng = np.random.default_rng(1)
+    rows = [(s, label) for s, n_real, n_fake in (("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
+            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    labels = table["label"].to_numpy()
+    x = rng.normal(size=(len(table), 5)) + labels[:, None] * 0.8
+
+    def fold_of(folder):
+        out = (table["source"] == folder).to_numpy()
+        val = ~out & (rng.random(len(table)) < 0.3)
+        scored = val | out
+        return out, val, pd.DataFrame({"relative": table["relative"][scored],
+                                       "part": np.where(out, "holdout", "validation")[scored],
+                                       "fake_score": rng.uniform(0.01, 0.99, int(scored.sum()))})
+
+    out, val, fold = fold_of("a")
+    reals_b = table.index[(table["source"] == "b") & (labels == 0)]
+    parents = table["relative"][reals_b[:10]].to_numpy()      # some in the fold's validation
+    blends = SelfBlends({"pooled": rng.normal(size=(10, 5)) + 1.0},
+                        np.array(["b"] * 10), parents)
+    got = honest_fusion_fold(x, table, "a", fold, 0.1, blends.training_rows, ("pooled",))
+
+    kept = ~np.isin(parents, table["relative"][val])
+    assert 0 < kept.sum() < 10
+    train = ~val & ~out
+    x_train = np.concatenate([x[train], blends.arrays["pooled"][kept]])
+    train_table = pd.concat([table[train][["label", "source"]],
+                             pd.DataFrame({"label": 1, "source": "self_blend"},
+                                          index=range(int(kept.sum())))], ignore_index=True)
+    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table), 0.1)
+    p = table["relative"].map(dict(zip(fold["relative"], fold["fake_score"]))).to_numpy()
+    z = np.stack([np.log(p / (1 - p)), head.logit(x)], 1)
+    w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
+    fused = z @ w + b
+    assert got["auc"] == pytest.approx(roc_auc_score(labels[out], fused[out]), abs=1e-9)
+    assert got["stack_weight"] == pytest.approx(list(w))
+
+    # Fake-only folders are scored against the fold's validation reals; run_protocol takes the
+    # fold scores per folder and records the fold as honest.
+    folds = {"a": fold, "b": fold_of("b")[2]}
+    results = run_protocol(table, {"pooled": x, "cnn_logit": rng.normal(size=len(table))},
+                           ~out & ~val, {"pooled": ("pooled",)}, log=lambda _: None,
+                           fold_cnn=folds)
+    plain = honest_fusion_fold(x, table, "a", fold, 0.1)
+    assert results["lofo"]["fusion:pooled"]["a"]["auc"] == pytest.approx(plain["auc"])
+    assert "retrained" in results["lofo"]["fusion:pooled"]["b"]["note"]
+    with pytest.raises(ValueError, match="do not hold all"):
+        honest_fusion_fold(x, table, "a", fold[fold["part"] == "validation"], 0.1)
+
+
 def test_threshold_keeps_every_real_folder_at_the_floor():
     """Compared with a brute-force search over every candidate threshold."""
     rng = np.random.default_rng(0)
