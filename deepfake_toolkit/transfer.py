@@ -300,7 +300,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         self_blends: Self-blends of training-split reals (None: no "+sbi" candidates).
         self_blend_candidates: Which candidates also run with self-blends.
         fold_cnn: Fake folder -> the scores of a CNN trained without it (``scripts/lofo.py
-            --scores``: relative, part, fake_score), one entry per fake folder.
+            --scores``: relative, part, fake_score). Folders without an entry get the optimistic
+            bound (the shipped CNN), noted as such in their fold.
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -351,7 +352,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             real_val = val & (labels == 0)
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
-            if fold_cnn is not None:
+            if fold_cnn is not None and folder in fold_cnn:
                 fused_folds[folder] = honest_fusion_fold(
                     x, table, folder, fold_cnn[folder], c,
                     self_blends.training_rows if with_blends else None, features)
@@ -359,7 +360,9 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             z = np.stack([cnn, logits_f], 1)
             w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
             fused = sigmoid(z @ w + b)
-            fused_folds[folder] = held_out_auc(fused[out], table[out], fused[real_val])
+            fused_folds[folder] = {**held_out_auc(fused[out], table[out], fused[real_val]),
+                                   "note": "optimistic bound: the shipped CNN, trained with this "
+                                           "folder's training split"}
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
         log(f"{name}: validation AUC " + ", ".join(
