@@ -44,7 +44,7 @@ from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
 from .models.loading import load_strict
-from .output import ResultFile, check_writable, run_fingerprint
+from .output import ResultFile, check_writable, open_result_file
 from .pipeline import (
     ClassificationInterrupted,
     ModelArg,
@@ -495,13 +495,10 @@ def classify_files_on_ray(
     policies = run_policies([(d.name, d.scoring) for d in detectors], face_crop=face_crop,
                             **{key: options.pop(key, None)
                                for key in ("face_config", "no_face", "threshold", "bands")})
-    output = None
-    if output_csv is not None:
-        settings = run_fingerprint(detectors, policies,
-                                   max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
-                                   provenance=options.get("provenance", True))
-        output = ResultFile(output_csv, settings, paths, [d.name for d in detectors],
-                            resume=resume)
+    output = open_result_file(output_csv, detectors, policies, paths,
+                              max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS),
+                              provenance=options.get("provenance", True), resume=resume)
+    if output is not None:
         paths = output.remaining
     try:
         return _classify_on_ray(paths, detectors, policies, output, ray_address=ray_address,

@@ -329,3 +329,19 @@ def _not_writable(path: Path, error: OSError) -> OutputNotWritableError:
     return OutputNotWritableError(
         f"cannot write the output into {printable_path(path.parent)} "
         f"({error.strerror or error}): choose a folder you can write to")
+
+
+def open_result_file(path: str | os.PathLike[str] | None, models: Sequence[Detector],
+                     policies: Sequence[Scoring], files: list[str], *, max_pixels: int,
+                     provenance: bool, resume: bool) -> ResultFile | None:
+    """The run's streamed output (None without an output path), fingerprinted by
+    :func:`run_fingerprint`: what both engines open before scoring. Its ``remaining`` are the
+    files left to score.
+
+    Raises:
+        ResumeRefused: As :class:`ResultFile`.
+    """
+    if path is None:
+        return None
+    settings = run_fingerprint(models, policies, max_pixels=max_pixels, provenance=provenance)
+    return ResultFile(path, settings, files, [d.name for d in models], resume=resume)

@@ -26,7 +26,7 @@ from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS, ImageReadError, iter_images, load_image, printable_path
 from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
-from .output import ResultFile, check_writable, run_fingerprint
+from .output import check_writable, open_result_file
 from .provenance import empty_provenance, read_provenance
 from .results import empty_results, results_frame
 from .scoring import FaceSettings, Scoring, run_policies
@@ -334,12 +334,9 @@ def classify_files(
     region = policies[0]
     unique, transform_index = shared_transforms(detectors)
     cropper = FaceCropper(region.face, device=resolved) if region.face_crop else None
-    output = None
-    if output_csv is not None:
-        settings = run_fingerprint(detectors, policies, max_pixels=max_pixels,
-                                   provenance=provenance)
-        output = ResultFile(output_csv, settings, paths, [d.name for d in detectors],
-                            resume=resume)
+    output = open_result_file(output_csv, detectors, policies, paths, max_pixels=max_pixels,
+                              provenance=provenance, resume=resume)
+    if output is not None:
         paths = output.remaining
     try:
         detect_in_workers = cropper is not None and not _detects_in_batches(cropper, resolved)
