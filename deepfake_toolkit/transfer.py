@@ -6,6 +6,8 @@ seconds once the features exist. The pieces:
 
 - :func:`fit_probe`: class- and folder-balanced logistic regression on standardised features;
 - :func:`fit_stacking`: the same on the two detectors' logits (a calibrated fusion);
+- :func:`fit_transfer_stacking`: a fusion that leans on the probe as far as no fake folder's
+  in-family AUC drops below the CNN's, then calibrates;
 - :func:`threshold_with_real_floor`: an operating threshold that keeps the real-photo accuracy of
   every real folder at or above a floor, and within that maximises balanced accuracy;
 - :func:`run_protocol`: grouped validation and leave-one-folder-out for every candidate.
@@ -76,6 +78,57 @@ def fit_stacking(logits: np.ndarray, y: np.ndarray,
     model = LogisticRegression(C=100.0, max_iter=1000)
     model.fit(np.asarray(logits, dtype=np.float64), y, sample_weight=weights / weights.mean())
     return model.coef_[0], float(model.intercept_[0])
+
+
+TRANSFER_SHARE_GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)
+"""The CNN shares :func:`fit_transfer_stacking` tries, smallest first."""
+
+
+def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame
+                          ) -> tuple[np.ndarray, float, float]:
+    """A stacking that leans on the branch that transfers, chosen on validation images alone.
+
+    The branch logits (column 0 the CNN, column 1 the probe) are z-scored on ``table``'s images and
+    mixed as ``share * cnn + (1 - share) * probe``, with the smallest CNN share from
+    :data:`TRANSFER_SHARE_GRID` at which no fake folder's AUC on these images falls below the
+    CNN's own (a fake-only folder against all the reals); a balanced logistic fit on the mix then
+    calibrates it. A plain stacking fitted in family weighs the CNN as heavily as it is good there,
+    which is what fails on sources it never saw.
+
+    Returns:
+        The stacking weights and bias on the raw logits (so the fused logit is
+        ``logits @ weights + bias``, as for :func:`fit_stacking`), and the CNN share chosen.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    logits = np.asarray(logits, dtype=np.float64)
+    table = table.reset_index(drop=True)
+    labels = table["label"].to_numpy()
+    sources = table["source"].to_numpy()
+    mean, std = logits.mean(axis=0), logits.std(axis=0) + 1e-12
+    z = (logits - mean) / std
+    masks = []
+    for folder in sorted(set(sources[labels == 1])):
+        own_reals = (sources == folder) & (labels == 0)
+        reals = own_reals if own_reals.any() else labels == 0
+        mask = reals | ((sources == folder) & (labels == 1))
+        if reals.any():
+            masks.append(mask)
+
+    def aucs(score: np.ndarray) -> np.ndarray:
+        return np.array([roc_auc_score(labels[m], score[m]) for m in masks])
+
+    floor = aucs(z[:, 0]) - 1e-9
+    share = 1.0
+    for candidate in TRANSFER_SHARE_GRID:
+        if (aucs(candidate * z[:, 0] + (1.0 - candidate) * z[:, 1]) >= floor).all():
+            share = float(candidate)
+            break
+    mix = share * z[:, 0] + (1.0 - share) * z[:, 1]
+    k, d = fit_stacking(mix[:, None], labels, balanced_weights(table))
+    weights = k[0] * np.array([share / std[0], (1.0 - share) / std[1]])
+    bias = d - k[0] * (share * mean[0] / std[0] + (1.0 - share) * mean[1] / std[1])
+    return weights, float(bias), share
 
 
 def balanced_weights(table: pd.DataFrame) -> np.ndarray:
@@ -341,8 +394,11 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
                 "note": "self-blends of training reals (never trained on) vs validation reals"}
         validate(f"fusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
                                                            is_val))
+        validate(f"tfusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
+                                                            is_val, fit=_transfer_stacking))
         folds: dict[str, Any] = {}
         fused_folds: dict[str, Any] = {}
+        transfer_folds: dict[str, Any] = {}
         for folder in fake_folders:
             out = sources == folder
             train = ~is_val & ~out
@@ -353,18 +409,23 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
             if fold_cnn is not None and folder in fold_cnn:
-                fused_folds[folder] = honest_fusion_fold(
-                    x, table, folder, fold_cnn[folder], c,
-                    self_blends.training_rows if with_blends else None, features)
+                for target, transfer in ((fused_folds, False), (transfer_folds, True)):
+                    target[folder] = honest_fusion_fold(
+                        x, table, folder, fold_cnn[folder], c,
+                        self_blends.training_rows if with_blends else None, features,
+                        transfer=transfer)
                 continue
             z = np.stack([cnn, logits_f], 1)
-            w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
-            fused = sigmoid(z @ w + b)
-            fused_folds[folder] = {**held_out_auc(fused[out], table[out], fused[real_val]),
-                                   "note": "optimistic bound: the shipped CNN, trained with this "
-                                           "folder's training split"}
+            for target, fit in ((fused_folds, _logistic_stacking),
+                                (transfer_folds, _transfer_stacking)):
+                w, b = fit(z[val], table[val])
+                fused = sigmoid(z @ w + b)
+                target[folder] = {**held_out_auc(fused[out], table[out], fused[real_val]),
+                                  "note": "optimistic bound: the shipped CNN, trained with this "
+                                          "folder's training split"}
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
+        results["lofo"][f"tfusion:{name}"] = transfer_folds
         log(f"{name}: validation AUC " + ", ".join(
             f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
             if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}"
@@ -373,8 +434,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
 
 
 def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
-                       c: float, blend_rows=None, features: Sequence[str] = ()
-                       ) -> dict[str, float]:
+                       c: float, blend_rows=None, features: Sequence[str] = (),
+                       transfer: bool = False) -> dict[str, float]:
     """One leave-one-folder-out fold of the fusion in which nothing saw ``folder``.
 
     ``fold`` holds the per-image scores of a CNN trained without ``folder`` and the split it was
@@ -382,7 +443,8 @@ def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd
     "holdout" for the folder's). That split is used for everything in the fold: the probe trains
     on the CNN's training images (and the self-blends of their reals, from ``blend_rows``), the
     stacking is fitted on the CNN's validation images, and the folder is scored against its own
-    reals (or, fake-only, the validation reals).
+    reals (or, fake-only, the validation reals). ``transfer`` fits the stacking with
+    :func:`fit_transfer_stacking` instead of :func:`fit_stacking`.
 
     Returns:
         :func:`held_out_auc`'s figures.
@@ -407,20 +469,33 @@ def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd
     cnn[scored] = np.log(p) - np.log1p(-p)
     z = np.stack([cnn, probe], 1)
     labels = table["label"].to_numpy()
-    w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
+    extra_record = {}
+    if transfer:
+        w, b, share = fit_transfer_stacking(z[val], table[val])
+        extra_record["cnn_share"] = share
+    else:
+        w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
     fused = sigmoid(z @ w + b)
     real_val = val & (labels == 0)
     return {**held_out_auc(fused[out], table[out], fused[real_val]),
-            "stack_weight": [float(v) for v in w], "stack_bias": float(b),
+            "stack_weight": [float(v) for v in w], "stack_bias": float(b), **extra_record,
             "note": "CNN retrained without the folder (scripts/lofo.py --scores)"}
 
 
+def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, float]:
+    return fit_stacking(logits, table["label"].to_numpy(), balanced_weights(table))
+
+
+def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, float]:
+    return fit_transfer_stacking(logits, table)[:2]
+
+
 def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.ndarray,
-                           folds: int = 5, seed: int = 0) -> np.ndarray:
+                           folds: int = 5, seed: int = 0, fit=_logistic_stacking) -> np.ndarray:
     """Fused logits in which every validation image is scored by a stacking fitted without it
     (5 folds by group inside the validation split); training images get the all-validation fit.
+    ``fit(logits, table)`` returns the stacking's weights and bias.
     """
-    labels = table["label"].to_numpy()
     groups = table["group"].to_numpy() if "group" in table else table["relative"].to_numpy()
     val_index = np.flatnonzero(is_val)
     unique = np.unique(groups[val_index])
@@ -428,12 +503,11 @@ def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.n
     fold_of = dict(zip(unique, rng.permutation(len(unique)) % folds))
     fold = np.array([fold_of[g] for g in groups[val_index]])
     fused = np.empty(len(table))
-    w, b = fit_stacking(logits[is_val], labels[is_val], balanced_weights(table[is_val]))
+    w, b = fit(logits[is_val], table[is_val])
     fused[:] = logits @ w + b
     for k in range(folds):
         fit_rows, score_rows = val_index[fold != k], val_index[fold == k]
-        w, b = fit_stacking(logits[fit_rows], labels[fit_rows],
-                            balanced_weights(table.iloc[fit_rows]))
+        w, b = fit(logits[fit_rows], table.iloc[fit_rows])
         fused[score_rows] = logits[score_rows] @ w + b
     return fused
 

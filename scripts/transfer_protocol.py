@@ -8,7 +8,9 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
    so it is the split the shipped CNN was trained on.
 2. Candidates: a linear probe (balanced logistic regression on standardised features) for each
    CLIP feature set - final embedding, post-norm class token, class token of intermediate blocks;
-   the CNN alone; and the fusion of the CNN with each probe (stacking on validation logits).
+   the CNN alone; and two fusions of the CNN with each probe: "fusion:" (a logistic stacking on
+   validation logits) and "tfusion:" (transfer-weighted: the smallest CNN share that keeps every
+   fake folder's validation AUC at the CNN's, then calibrated; transfer.fit_transfer_stacking).
 3. Grouped validation per folder: probes fitted on the training split, scored on validation;
    fusion scores on validation are cross-fitted (5 folds by group), so no image is scored by a
    stacking fitted on it.
@@ -73,6 +75,9 @@ CANDIDATES = {
     "cls6+cls9+pooled": ("cls6", "cls9", "pooled"),
 }
 SELF_BLEND_CANDIDATES = tuple(CANDIDATES)
+FUSIONS = ("fusion:", "tfusion:")
+"""Prefixes of the fused candidates: stacking fitted in family (fusion), and leaning on the probe
+as far as no fake folder's in-family AUC drops below the CNN's (tfusion, transfer-weighted)."""
 PROBE_C = 0.1
 
 
@@ -235,7 +240,7 @@ def ship_rule(results: dict, fake_folders: list[str]) -> dict:
         if name == "cnn":
             continue
         # A fusion fold counts only where its CNN was retrained without the folder.
-        counted = (fake_folders if not name.startswith("fusion:")
+        counted = (fake_folders if not name.startswith(FUSIONS)
                    else [f for f in fake_folders if f in results.get("fusion_lofo_honest", ())])
         wins = [f for f in counted if folds[f]["auc"] > results["lofo"]["cnn"][f]["auc"]]
         comparable = len(counted) == len(fake_folders)
@@ -252,7 +257,8 @@ def markdown_tables(record: dict, preferred: str) -> str:
     real accuracy per real folder at each candidate's threshold."""
     results = record["results"]
     honest = set(results.get("fusion_lofo_honest", ()))
-    names = ["cnn", *record["candidates"], *(f"fusion:{n}" for n in record["candidates"])]
+    names = ["cnn", *record["candidates"], *(f"{kind}{n}" for kind in FUSIONS
+                                             for n in record["candidates"])]
     validation = results["validation"]
     folders = sorted(k for k in validation["cnn"] if k != "all")
     fake = [f for f in folders if validation["cnn"][f].get("n_fake")]
@@ -267,9 +273,10 @@ def markdown_tables(record: dict, preferred: str) -> str:
     for name in names:
         lofo = results["lofo"].get(name, {})
         lofo_aucs = [lofo.get(f, {}).get("auc") for f in fake]
-        bound = [name.startswith("fusion:") and f not in honest for f in fake]
+        bound = [name.startswith(FUSIONS) and f not in honest for f in fake]
         mean = (sum(lofo_aucs) / len(lofo_aucs)) if lofo and None not in lofo_aucs else None
-        label = f"**{name}**" if name in (preferred, f"fusion:{preferred}") else name
+        label = (f"**{name}**" if name in (preferred, *(k + preferred for k in FUSIONS))
+                 else name)
         lines.append(f"| {label} | " + " | ".join(cell(validation[name][f].get("auc"))
                                                  for f in fake)
                      + f" | {cell(validation[name]['all']['auc'])} | "

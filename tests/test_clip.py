@@ -218,8 +218,8 @@ def test_protocol_with_self_blends_drops_a_held_out_folders_blends():
     assert (rows_kept["label"] == 1).all()
     results = run_protocol(table, arrays, is_val, {"pooled": ("pooled",)}, log=lambda _: None,
                            self_blends=blends, self_blend_candidates=["pooled"])
-    assert set(results["lofo"]) == {"pooled", "fusion:pooled", "pooled+sbi",
-                                    "fusion:pooled+sbi"}
+    assert set(results["lofo"]) == {"pooled", "fusion:pooled", "tfusion:pooled", "pooled+sbi",
+                                    "fusion:pooled+sbi", "tfusion:pooled+sbi"}
     assert set(results["lofo"]["pooled+sbi"]) == {"a", "b"}
     assert results["validation"]["pooled"]["self_blend"]["n_fake"] == 9
     assert 0.0 <= results["validation"]["pooled+sbi"]["all"]["auc"] <= 1.0
@@ -285,6 +285,47 @@ def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
     assert "retrained" in results["lofo"]["fusion:pooled"]["b"]["note"]
     with pytest.raises(ValueError, match="do not hold all"):
         honest_fusion_fold(x, table, "a", fold[fold["part"] == "validation"], 0.1)
+
+
+def test_transfer_stacking_takes_the_smallest_cnn_share_that_keeps_every_folder():
+    """fit_transfer_stacking: the smallest CNN share on the grid at which no fake folder's AUC
+    drops below the CNN's (checked by brute force with scikit-learn), and a fused logit that is
+    the balanced logistic fit on that mix, written on the raw logits."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_toolkit.transfer import (TRANSFER_SHARE_GRID, balanced_weights,
+                                           fit_stacking, fit_transfer_stacking)
+
+    rng = np.random.default_rng(3)
+    rows = [(s, label) for s, n_real, n_fake in (("a", 60, 60), ("b", 60, 60), ("g", 0, 50),
+                                                  ("r", 60, 0))
+            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    labels = table["label"].to_numpy()
+    cnn = rng.normal(size=len(table)) * 2 + labels * 3          # strong in family
+    probe = rng.normal(size=len(table)) + labels * 1.2          # weaker
+    logits = np.stack([cnn, probe], 1)
+    weights, bias, share = fit_transfer_stacking(logits, table)
+
+    z = (logits - logits.mean(0)) / logits.std(0)
+    sources = table["source"].to_numpy()
+
+    def folder_aucs(score):
+        out = []
+        for folder in ("a", "b", "g"):
+            reals = (sources == folder) & (labels == 0)
+            reals = reals if reals.any() else labels == 0
+            m = reals | ((sources == folder) & (labels == 1))
+            out.append(roc_auc_score(labels[m], score[m]))
+        return np.array(out)
+
+    keeps = [s for s in TRANSFER_SHARE_GRID
+             if (folder_aucs(s * z[:, 0] + (1 - s) * z[:, 1]) >= folder_aucs(z[:, 0]) - 1e-9).all()]
+    assert share == min(keeps) and 0.0 < share < 1.0
+    mix = share * z[:, 0] + (1 - share) * z[:, 1]
+    k, d = fit_stacking(mix[:, None], labels, balanced_weights(table))
+    np.testing.assert_allclose(logits @ weights + bias, k[0] * mix + d, atol=1e-6)
 
 
 def test_threshold_keeps_every_real_folder_at_the_floor():
