@@ -118,10 +118,11 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _rss(pid: int) -> int:
+    def _proc_bytes(pid: int, name: str, field: str) -> int:
+        """Bytes from the line "FIELD: N kB" of /proc/PID/NAME (0 once the process is gone)."""
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -138,16 +139,6 @@ class PeakMemory:
             pass
         return found
 
-    @staticmethod
-    def _pss(pid: int) -> int:
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
     def _run(self) -> None:
         while not self._done.wait(self.interval):
             pids, todo = [], [self.pid]
@@ -155,8 +146,9 @@ class PeakMemory:
                 pid = todo.pop()
                 pids.append(pid)
                 todo.extend(self._children(pid))
-            self.peak = max(self.peak, sum(self._rss(pid) for pid in pids))
-            self.peak_pss = max(self.peak_pss, sum(self._pss(pid) for pid in pids))
+            rss = sum(self._proc_bytes(pid, "status", "VmRSS:") for pid in pids)
+            pss = sum(self._proc_bytes(pid, "smaps_rollup", "Pss:") for pid in pids)
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
