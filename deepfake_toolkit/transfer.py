@@ -392,10 +392,10 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
                     np.r_[blend_scores, real_scores], 0.5, n_bootstrap=0)["auc"],
                 "n_fake": len(blend_scores), "n_real": len(real_scores),
                 "note": "self-blends of training reals (never trained on) vs validation reals"}
-        validate(f"fusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
-                                                           is_val))
-        validate(f"tfusion:{name}", _fit_stack_crossfitted(np.stack([cnn, logits], 1), table,
-                                                            is_val, fit=_transfer_stacking))
+        branches = np.stack([cnn, logits], 1)
+        validate(f"fusion:{name}", _fit_stack_crossfitted(branches, table, is_val))
+        validate(f"tfusion:{name}", _fit_stack_crossfitted(branches, table, is_val,
+                                                            fit=_transfer_stacking))
         folds: dict[str, Any] = {}
         fused_folds: dict[str, Any] = {}
         transfer_folds: dict[str, Any] = {}
@@ -409,20 +409,16 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
             if fold_cnn is not None and folder in fold_cnn:
-                for target, transfer in ((fused_folds, False), (transfer_folds, True)):
-                    target[folder] = honest_fusion_fold(
-                        x, table, folder, fold_cnn[folder], c,
-                        self_blends.training_rows if with_blends else None, features,
-                        transfer=transfer)
-                continue
-            z = np.stack([cnn, logits_f], 1)
+                # One probe per fold serves both stackings; the fold CNN's split replaces ours.
+                z, val, out = _honest_fold_logits(
+                    x, table, folder, fold_cnn[folder], c,
+                    self_blends.training_rows if with_blends else None, features)
+                note = HONEST_FOLD_NOTE
+            else:
+                z, note = np.stack([cnn, logits_f], 1), BOUND_FOLD_NOTE
             for target, fit in ((fused_folds, _logistic_stacking),
                                 (transfer_folds, _transfer_stacking)):
-                w, b = fit(z[val], table[val])
-                fused = sigmoid(z @ w + b)
-                target[folder] = {**held_out_auc(fused[out], table[out], fused[real_val]),
-                                  "note": "optimistic bound: the shipped CNN, trained with this "
-                                          "folder's training split"}
+                target[folder] = _fused_fold(z, table, val, out, fit, note)
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
         results["lofo"][f"tfusion:{name}"] = transfer_folds
@@ -435,7 +431,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
 
 def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
                        c: float, blend_rows=None, features: Sequence[str] = (),
-                       transfer: bool = False) -> dict[str, float]:
+                       fit=None) -> dict[str, Any]:
     """One leave-one-folder-out fold of the fusion in which nothing saw ``folder``.
 
     ``fold`` holds the per-image scores of a CNN trained without ``folder`` and the split it was
@@ -443,13 +439,27 @@ def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd
     "holdout" for the folder's). That split is used for everything in the fold: the probe trains
     on the CNN's training images (and the self-blends of their reals, from ``blend_rows``), the
     stacking is fitted on the CNN's validation images, and the folder is scored against its own
-    reals (or, fake-only, the validation reals). ``transfer`` fits the stacking with
-    :func:`fit_transfer_stacking` instead of :func:`fit_stacking`.
+    reals (or, fake-only, the validation reals). ``fit(logits, table)`` gives the stacking's
+    weights, bias and facts to record (default: :func:`fit_stacking`; ``_transfer_stacking`` for
+    :func:`fit_transfer_stacking`).
 
     Returns:
-        :func:`held_out_auc`'s figures.
+        :func:`held_out_auc`'s figures, with the stacking.
     """
     table = table.reset_index(drop=True)
+    z, val, out = _honest_fold_logits(x, table, folder, fold, c, blend_rows, features)
+    return _fused_fold(z, table, val, out, fit or _logistic_stacking, HONEST_FOLD_NOTE)
+
+
+HONEST_FOLD_NOTE = "CNN retrained without the folder (scripts/lofo.py --scores)"
+BOUND_FOLD_NOTE = "optimistic bound: the shipped CNN, trained with this folder's training split"
+
+
+def _honest_fold_logits(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
+                        c: float, blend_rows, features: Sequence[str]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The branch logits of an honest fold (see :func:`honest_fusion_fold`; the CNN's are NaN
+    where it did not score), with the fold's validation and held-out masks."""
     score = dict(zip(fold["relative"], fold["fake_score"]))
     part = table["relative"].map(dict(zip(fold["relative"], fold["part"])))
     out = (table["source"] == folder).to_numpy()
@@ -467,34 +477,38 @@ def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd
     p = np.clip(table.loc[scored, "relative"].map(score).to_numpy(np.float64), 1e-7, 1 - 1e-7)
     cnn = np.full(len(table), np.nan)
     cnn[scored] = np.log(p) - np.log1p(-p)
-    z = np.stack([cnn, probe], 1)
-    labels = table["label"].to_numpy()
-    extra_record = {}
-    if transfer:
-        w, b, share = fit_transfer_stacking(z[val], table[val])
-        extra_record["cnn_share"] = share
-    else:
-        w, b = fit_stacking(z[val], labels[val], balanced_weights(table[val]))
+    return np.stack([cnn, probe], 1), val, out
+
+
+def _fused_fold(z: np.ndarray, table: pd.DataFrame, val: np.ndarray, out: np.ndarray, fit,
+                note: str) -> dict[str, Any]:
+    """A fusion fold: the stacking fitted on ``val``, the held-out folder ``out`` scored against
+    its own reals or the validation reals."""
+    w, b, facts = fit(z[val], table[val])
     fused = sigmoid(z @ w + b)
-    real_val = val & (labels == 0)
+    real_val = val & (table["label"].to_numpy() == 0)
     return {**held_out_auc(fused[out], table[out], fused[real_val]),
-            "stack_weight": [float(v) for v in w], "stack_bias": float(b), **extra_record,
-            "note": "CNN retrained without the folder (scripts/lofo.py --scores)"}
+            "stack_weight": [float(v) for v in w], "stack_bias": float(b), **facts,
+            "note": note}
 
 
-def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, float]:
-    return fit_stacking(logits, table["label"].to_numpy(), balanced_weights(table))
+def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame
+                       ) -> tuple[np.ndarray, float, dict]:
+    w, b = fit_stacking(logits, table["label"].to_numpy(), balanced_weights(table))
+    return w, b, {}
 
 
-def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, float]:
-    return fit_transfer_stacking(logits, table)[:2]
+def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame
+                       ) -> tuple[np.ndarray, float, dict]:
+    w, b, share = fit_transfer_stacking(logits, table)
+    return w, b, {"cnn_share": share}
 
 
 def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.ndarray,
                            folds: int = 5, seed: int = 0, fit=_logistic_stacking) -> np.ndarray:
     """Fused logits in which every validation image is scored by a stacking fitted without it
     (5 folds by group inside the validation split); training images get the all-validation fit.
-    ``fit(logits, table)`` returns the stacking's weights and bias.
+    ``fit(logits, table)`` returns the stacking's weights and bias (and facts, unused here).
     """
     groups = table["group"].to_numpy() if "group" in table else table["relative"].to_numpy()
     val_index = np.flatnonzero(is_val)
@@ -503,11 +517,11 @@ def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.n
     fold_of = dict(zip(unique, rng.permutation(len(unique)) % folds))
     fold = np.array([fold_of[g] for g in groups[val_index]])
     fused = np.empty(len(table))
-    w, b = fit(logits[is_val], table[is_val])
+    w, b, _ = fit(logits[is_val], table[is_val])
     fused[:] = logits @ w + b
     for k in range(folds):
         fit_rows, score_rows = val_index[fold != k], val_index[fold == k]
-        w, b = fit(logits[fit_rows], table.iloc[fit_rows])
+        w, b, _ = fit(logits[fit_rows], table.iloc[fit_rows])
         fused[score_rows] = logits[score_rows] @ w + b
     return fused
 
