@@ -15,6 +15,7 @@ seconds once the features exist. The pieces:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +85,20 @@ TRANSFER_SHARE_GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 """The CNN shares :func:`fit_transfer_stacking` tries, smallest first."""
 
 
-def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame
+def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float = 0.0
                           ) -> tuple[np.ndarray, float, float]:
     """A stacking that leans on the branch that transfers, chosen on validation images alone.
 
     The branch logits (column 0 the CNN, column 1 the probe) are z-scored on ``table``'s images and
     mixed as ``share * cnn + (1 - share) * probe``, with the smallest CNN share from
-    :data:`TRANSFER_SHARE_GRID` at which no fake folder's AUC on these images falls below the
-    CNN's own (a fake-only folder against all the reals); a balanced logistic fit on the mix then
-    calibrates it. A plain stacking fitted in family weighs the CNN as heavily as it is good there,
-    which is what fails on sources it never saw.
+    :data:`TRANSFER_SHARE_GRID` at which every fake folder's AUC on these images is at least the
+    CNN's own plus ``margin`` (a fake-only folder against all the reals); a balanced logistic fit
+    on the mix then calibrates it. A plain stacking fitted in family weighs the CNN as heavily as
+    it is good there, which is what fails on sources it never saw.
+
+    A share chosen at the edge of the constraint can slip below the CNN on images it was not
+    chosen on; ``margin`` > 0 keeps it away from that edge. Where no share reaches the margin on
+    every folder, the share whose worst folder gains most over the CNN is taken.
 
     Returns:
         The stacking weights and bias on the raw logits (so the fused logit is
@@ -118,12 +123,13 @@ def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame
     def aucs(score: np.ndarray) -> np.ndarray:
         return np.array([roc_auc_score(labels[m], score[m]) for m in masks])
 
-    floor = aucs(z[:, 0]) - 1e-9
-    share = 1.0
-    for candidate in TRANSFER_SHARE_GRID:
-        if (aucs(candidate * z[:, 0] + (1.0 - candidate) * z[:, 1]) >= floor).all():
-            share = float(candidate)
-            break
+    cnn_aucs = aucs(z[:, 0])
+    worst_gain = np.array([(aucs(c * z[:, 0] + (1.0 - c) * z[:, 1]) - cnn_aucs).min()
+                           for c in TRANSFER_SHARE_GRID])
+    keeps = np.flatnonzero(worst_gain >= margin - 1e-9)
+    # TRANSFER_SHARE_GRID is ascending: the first share that keeps, or the best worst folder
+    # (argmax takes the smallest share among ties).
+    share = float(TRANSFER_SHARE_GRID[keeps[0] if len(keeps) else int(np.argmax(worst_gain))])
     mix = share * z[:, 0] + (1.0 - share) * z[:, 1]
     k, d = fit_stacking(mix[:, None], labels, balanced_weights(table))
     weights = k[0] * np.array([share / std[0], (1.0 - share) / std[1]])
@@ -327,7 +333,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
                  candidates: Mapping[str, Sequence[str]], c: float = 0.1,
                  log=print, self_blends: SelfBlends | None = None,
                  self_blend_candidates: Sequence[str] = (),
-                 fold_cnn: Mapping[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+                 fold_cnn: Mapping[str, pd.DataFrame] | None = None,
+                 transfer_margin: float = 0.0) -> dict[str, Any]:
     """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
 
     For each candidate feature set and each fake folder F: the probe is refitted on the training
@@ -355,6 +362,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         fold_cnn: Fake folder -> the scores of a CNN trained without it (``scripts/lofo.py
             --scores``: relative, part, fake_score). Folders without an entry get the optimistic
             bound (the shipped CNN), noted as such in their fold.
+        transfer_margin: The "tfusion:" candidates' margin over the CNN's per-folder AUC (see
+            :func:`fit_transfer_stacking`).
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -374,6 +383,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         results["threshold"][name] = threshold
         results["validation"][name] = folder_table(scores[is_val], val_table, threshold)
 
+    transfer = functools.partial(_transfer_stacking, margin=transfer_margin)
     validate("cnn", cnn)
     runs = [(name, features, False) for name, features in candidates.items()]
     if self_blends is not None:
@@ -395,7 +405,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         branches = np.stack([cnn, logits], 1)
         validate(f"fusion:{name}", _fit_stack_crossfitted(branches, table, is_val))
         validate(f"tfusion:{name}", _fit_stack_crossfitted(branches, table, is_val,
-                                                            fit=_transfer_stacking))
+                                                            fit=transfer))
         folds: dict[str, Any] = {}
         fused_folds: dict[str, Any] = {}
         transfer_folds: dict[str, Any] = {}
@@ -417,7 +427,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             else:
                 z, note = np.stack([cnn, logits_f], 1), BOUND_FOLD_NOTE
             for target, fit in ((fused_folds, _logistic_stacking),
-                                (transfer_folds, _transfer_stacking)):
+                                (transfer_folds, transfer)):
                 target[folder] = _fused_fold(z, table, val, out, fit, note)
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
@@ -498,10 +508,10 @@ def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame
     return w, b, {}
 
 
-def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame
+def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float = 0.0
                        ) -> tuple[np.ndarray, float, dict]:
-    w, b, share = fit_transfer_stacking(logits, table)
-    return w, b, {"cnn_share": share}
+    w, b, share = fit_transfer_stacking(logits, table, margin)
+    return w, b, {"cnn_share": share, "margin": margin}
 
 
 def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.ndarray,

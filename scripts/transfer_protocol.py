@@ -36,6 +36,12 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
 Usage:
     python scripts/transfer_protocol.py DATA_ROOT FEATURE_DIR WEIGHTS_DIR [--groups GROUPS.csv]
         [--self-blends SB_DIR] [--fold-cnn-scores DIR] [--candidates A,B]
+        [--transfer-margin M] [--stacking logistic|transfer]
+
+``--transfer-margin M``: the "tfusion:" candidates keep every fake folder's validation AUC at the
+CNN's plus M (transfer.fit_transfer_stacking), so that the share they choose does not sit on the
+edge of the constraint. ``--stacking`` picks the shipped fusion's stacking: "logistic" (the
+"fusion:" candidates') or "transfer" (the "tfusion:" candidates', with the same margin).
 """
 
 import argparse
@@ -60,6 +66,7 @@ from deepfake_toolkit.transfer import (
     feature_matrix,
     fit_probe,
     fit_stacking,
+    fit_transfer_stacking,
     folder_table,
     head_state_dict,
     load_feature_cache,
@@ -94,7 +101,12 @@ def main() -> None:
                         "look; the shipped record runs them all)")
     parser.add_argument("--fold-cnn-scores", metavar="DIR",
                         help="per-fold scores of CNNs retrained without each fake folder "
-                             "(scripts/lofo.py --scores DIR): the fusion's LOFO becomes honest")
+                             "(scripts/lofo.py --scores DIR; <folder>.csv or .csv.gz): the "
+                             "fusion's LOFO becomes honest")
+    parser.add_argument("--transfer-margin", type=float, default=0.0, metavar="M",
+                        help="tfusion: keep every fake folder's validation AUC at the CNN's + M")
+    parser.add_argument("--stacking", choices=("logistic", "transfer"), default="logistic",
+                        help="the shipped fusion's stacking (default: logistic)")
     args = parser.parse_args()
     candidates = ({n: CANDIDATES[n] for n in args.candidates.split(",")} if args.candidates
                   else CANDIDATES)
@@ -128,14 +140,17 @@ def main() -> None:
     fake_folders = sorted(set(table.loc[table.label == 1, "source"]))
     fold_cnn = None
     if args.fold_cnn_scores:
-        found = {f: Path(args.fold_cnn_scores) / f"{f}.csv" for f in fake_folders}
-        fold_cnn = {f: pd.read_csv(path) for f, path in found.items() if path.is_file()}
+        found = {f: [Path(args.fold_cnn_scores) / f"{f}{suffix}" for suffix in (".csv", ".csv.gz")]
+                 for f in fake_folders}
+        fold_cnn = {f: pd.read_csv(next(p for p in paths if p.is_file()))
+                    for f, paths in found.items() if any(p.is_file() for p in paths)}
         missing = sorted(set(fake_folders) - set(fold_cnn))
         if missing:
             print(f"no retrained-CNN scores for {', '.join(missing)}: their fusion folds are the "
                   "optimistic bound and do not count for the ship rule", flush=True)
     results = run_protocol(table, arrays, is_val, candidates, c=PROBE_C, self_blends=blends,
-                           self_blend_candidates=with_blends, fold_cnn=fold_cnn)
+                           self_blend_candidates=with_blends, fold_cnn=fold_cnn,
+                           transfer_margin=args.transfer_margin)
     results["fusion_lofo_honest"] = sorted(fold_cnn or ())
     probes = {**candidates, **{f"{n}+sbi": candidates[n] for n in with_blends}}
 
@@ -182,7 +197,13 @@ def main() -> None:
 
     cnn_logit = arrays["cnn_logit"].astype(np.float64)
     z = np.stack([cnn_logit, probe_logit], 1)
-    stack_w, stack_b = fit_stacking(z[is_val], labels[is_val], balanced_weights(table[is_val]))
+    cnn_share = None
+    if args.stacking == "transfer":
+        stack_w, stack_b, cnn_share = fit_transfer_stacking(z[is_val], table[is_val],
+                                                            args.transfer_margin)
+    else:
+        stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
+                                        balanced_weights(table[is_val]))
     fused = sigmoid(z @ stack_w + stack_b)
     fusion_threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
     cnn_state = load_safetensors(PROJECT_WEIGHTS / DEFAULT_WEIGHTS)
@@ -194,6 +215,7 @@ def main() -> None:
     fusion_spec = dataclasses.replace(
         fusion_spec, threshold=round(fusion_threshold, 4),
         extra={**fusion_spec.extra, "features": list(shipped_features),
+               "stacking": args.stacking, "cnn_share": cnn_share,
                "stack_weight": [float(v) for v in stack_w],
                "stack_bias": stack_b})
     save_weights(fusion_spec, state, out / fusion_spec.weights[0].filename)
@@ -205,7 +227,9 @@ def main() -> None:
                        "threshold": probe_threshold,
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
-        "clip_fusion": {"stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
+        "clip_fusion": {"stacking": args.stacking, "cnn_share": cnn_share,
+                        "transfer_margin": args.transfer_margin,
+                        "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
                         "threshold": fusion_threshold,
                         "validation_in_sample_stacking": folder_table(
                             fused[is_val], val_table, fusion_threshold)},
@@ -219,6 +243,7 @@ def main() -> None:
         "candidates": {k: list(v) for k, v in probes.items()},
         "self_blends": blend_record,
         "probe_C": PROBE_C,
+        "transfer_margin": args.transfer_margin,
         "mean_lofo_auc": mean_lofo,
         "lofo_preferred": preferred,
         "results": results,

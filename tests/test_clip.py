@@ -286,6 +286,20 @@ def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
     with pytest.raises(ValueError, match="do not hold all"):
         honest_fusion_fold(x, table, "a", fold[fold["part"] == "validation"], 0.1)
 
+    # The transfer-weighted candidates take the protocol's margin into every fold.
+    import functools
+
+    from deepfake_toolkit.transfer import _transfer_stacking
+
+    margined = run_protocol(table, {"pooled": x, "cnn_logit": rng.normal(size=len(table))},
+                            ~out & ~val, {"pooled": ("pooled",)}, log=lambda _: None,
+                            fold_cnn=folds, transfer_margin=0.02)["lofo"]["tfusion:pooled"]["a"]
+    by_hand = honest_fusion_fold(x, table, "a", fold, 0.1,
+                                 fit=functools.partial(_transfer_stacking, margin=0.02))
+    assert margined["margin"] == 0.02
+    assert (margined["cnn_share"], margined["auc"]) == (by_hand["cnn_share"],
+                                                        pytest.approx(by_hand["auc"]))
+
 
 def test_transfer_stacking_takes_the_smallest_cnn_share_that_keeps_every_folder():
     """fit_transfer_stacking: the smallest CNN share on the grid at which no fake folder's AUC
@@ -320,12 +334,25 @@ def test_transfer_stacking_takes_the_smallest_cnn_share_that_keeps_every_folder(
             out.append(roc_auc_score(labels[m], score[m]))
         return np.array(out)
 
-    keeps = [s for s in TRANSFER_SHARE_GRID
-             if (folder_aucs(s * z[:, 0] + (1 - s) * z[:, 1]) >= folder_aucs(z[:, 0]) - 1e-9).all()]
+    gains = {s: (folder_aucs(s * z[:, 0] + (1 - s) * z[:, 1]) - folder_aucs(z[:, 0])).min()
+             for s in TRANSFER_SHARE_GRID}
+    keeps = [s for s, gain in gains.items() if gain >= -1e-9]
     assert share == min(keeps) and 0.0 < share < 1.0
     mix = share * z[:, 0] + (1 - share) * z[:, 1]
     k, d = fit_stacking(mix[:, None], labels, balanced_weights(table))
     np.testing.assert_allclose(logits @ weights + bias, k[0] * mix + d, atol=1e-6)
+
+    # A margin moves the share off the constraint's edge: the smallest share whose worst folder
+    # gains at least the margin over the CNN, or, where none does, the share whose worst folder
+    # gains most.
+    best = max(gains.values())
+    margin = round(best / 2, 4)
+    assert margin > 0
+    _, _, with_margin = fit_transfer_stacking(logits, table, margin)
+    assert with_margin == min(s for s, gain in gains.items() if gain >= margin - 1e-9)
+    assert with_margin > share
+    _, _, unreachable = fit_transfer_stacking(logits, table, best + 0.5)
+    assert unreachable == min(s for s, gain in gains.items() if gain == best)
 
 
 def test_threshold_keeps_every_real_folder_at_the_floor():
