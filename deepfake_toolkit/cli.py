@@ -611,7 +611,7 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     models = args.models or ["default"]
     for name in models:
-        if get_spec(name).explain_layer is None:
+        if get_spec(name).explain_layers is None:
             raise UsageError(f"model '{name}' names no layer for heatmaps")
     files = _explain_files(args, models)
     try:

@@ -2,10 +2,11 @@
 
 For a chosen few images (a gallery, the top N by score, files named explicitly), never a whole
 folder: :func:`explain_image` scores the same crop the pipeline scores and computes captum's
-``LayerGradCam`` on the layer the model's spec names (``ModelSpec.explain_layer``: the last
+``LayerGradCam`` on the layers the model's spec names (``ModelSpec.explain_layers``: the last
 convolutional stage of a CNN, the last block's norm of a ViT with its patch tokens laid out as a
-grid). The map is upsampled to the model input, placed over the crop as the model's resize and
-centre crop saw it, and mapped back onto the whole image through the crop window.
+grid; for a fused model, one such layer per branch, each map as evidence per pixel, summed). The
+map is upsampled to the model input, placed over the crop as the model's resize and centre crop
+saw it, and mapped back onto the whole image through the crop window.
 
 Grad-CAM shows which regions raised the fake score at a coarse layer (7 x 7 for the models here):
 a hint of what the model looked at, not proof of what is fake. Needs the ``explain`` extra
@@ -145,7 +146,7 @@ def gradcam(detector: Detector, crop: Image.Image) -> np.ndarray:
     """Grad-CAM of ``detector`` on ``crop``, mapped onto the crop's pixels.
 
     Args:
-        detector: A loaded model whose spec names an ``explain_layer``.
+        detector: A loaded model whose spec names its ``explain_layers``.
         crop: The RGB region the model scores (a face crop or a whole image).
 
     Returns:
@@ -155,36 +156,50 @@ def gradcam(detector: Detector, crop: Image.Image) -> np.ndarray:
     Raises:
         ExplainUnavailableError: captum is missing, or the model has no heatmap layer.
     """
+    heat = evidence_map(detector, crop)
+    peak = float(heat.max())
+    heat = heat / peak if peak > 0 and math.isfinite(peak) else np.zeros_like(heat)
+    return _onto_crop(heat.astype(np.float32), crop.size, detector.spec)
+
+
+def evidence_map(detector: Detector, crop: Image.Image) -> np.ndarray:
+    """The unnormalised heatmap over the model input (input_size x input_size, >= 0).
+
+    For each of the spec's ``explain_layers``, captum's ``LayerGradCam`` of the fake evidence
+    (ReLU'd), upsampled to the input; a cell's value is its share of the score, so per pixel it
+    is weighted by the layer's number of cells, and the layers' maps add up (a fused model's
+    branches). :func:`gradcam` scales it to [0, 1] and maps it onto the crop.
+    """
     try:
         from captum.attr import LayerAttribution, LayerGradCam
     except ImportError:
         raise ExplainUnavailableError(f"heatmaps need captum: {EXPLAIN_EXTRA}") from None
     spec = detector.spec
-    if spec.explain_layer is None:
+    if spec.explain_layers is None:
         raise ExplainUnavailableError(f"model '{spec.name}' names no layer for heatmaps")
-    layer = spec.explain_layer(detector.module)
     inputs = detector.transform(crop)[None].to(detector.device,
                                                memory_format=spec.memory_format)
-    target_layer, handle = layer, None
-    if spec.explain_prefix_tokens is not None:
-        target_layer = _TokenGrid()
-        handle = layer.register_forward_hook(_token_grid_hook(target_layer,
-                                                              spec.explain_prefix_tokens))
-    try:
-        # Gradients are needed even when the caller runs under inference_mode or no_grad.
-        with torch.inference_mode(False), torch.enable_grad():
-            cam = LayerGradCam(_FakeEvidence(detector.module, spec), target_layer)
-            attribution = cam.attribute(inputs.requires_grad_(True), relu_attributions=True)
-            size = spec.preprocess.input_size
-            upsampled = LayerAttribution.interpolate(attribution.detach().float(), (size, size),
-                                                     interpolate_mode="bilinear")
-    finally:
-        if handle is not None:
-            handle.remove()
-    heat = upsampled[0, 0].clamp(min=0).cpu().numpy()
-    peak = float(heat.max())
-    heat = heat / peak if peak > 0 and math.isfinite(peak) else np.zeros_like(heat)
-    return _onto_crop(heat.astype(np.float32), crop.size, spec)
+    size = spec.preprocess.input_size
+    heat = torch.zeros(size, size)
+    for layer in spec.explain_layers(detector.module):
+        target_layer, handle = layer.module, None
+        if layer.prefix_tokens is not None:
+            target_layer = _TokenGrid()
+            handle = layer.module.register_forward_hook(
+                _token_grid_hook(target_layer, layer.prefix_tokens))
+        try:
+            # Gradients are needed even when the caller runs under inference_mode or no_grad.
+            with torch.inference_mode(False), torch.enable_grad():
+                cam = LayerGradCam(_FakeEvidence(detector.module, spec), target_layer)
+                attribution = cam.attribute(inputs.clone().requires_grad_(True),
+                                            relu_attributions=True).detach().float()
+        finally:
+            if handle is not None:
+                handle.remove()
+        cells = attribution.shape[-2] * attribution.shape[-1]
+        heat += cells * LayerAttribution.interpolate(attribution, (size, size),
+                                                     interpolate_mode="bilinear")[0, 0].cpu()
+    return heat.clamp(min=0).numpy()
 
 
 def _token_grid_hook(grid: _TokenGrid, prefix: int):

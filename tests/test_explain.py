@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from deepfake_toolkit.explain import explain_files, explain_image, gradcam
-from deepfake_toolkit.models import get_spec
+from deepfake_toolkit.models import HeatmapLayer, get_spec
 from deepfake_toolkit.models.loading import Detector
 from deepfake_toolkit.results import read_csv
 
@@ -26,7 +26,7 @@ def _patch_image(left: int, top: int, size: int = 96, patch: int = 24) -> Image.
 @pytest.fixture(scope="module")
 def bright_model():
     return toy_detector(BrightPatchScore(), "bright", input_size=64,
-                        explain_layer=lambda module: module.act)
+                        explain_layers=lambda module: (HeatmapLayer(module.act),))
 
 
 @pytest.mark.parametrize("left, top", [(8, 8), (64, 12), (30, 60)])
@@ -81,6 +81,42 @@ def test_every_family_gives_a_crop_sized_map(name, build):
     if get_spec(name).preprocess.resize == "shorter":
         # BNext sees the centre square only: the rows above and below it get no heat.
         assert heat[:9].max() == 0.0 and heat[-9:].max() == 0.0
+
+
+def test_a_fused_models_map_adds_up_its_branches():
+    """The fusion's map is Grad-CAM of the fused logit at both branches' layers, per pixel,
+    summed: with the probe's stacking weight at zero it is the CNN's own map (the default model's
+    spec on the same crop), with the CNN's at zero the probe's own map (clip_probe's spec), and
+    with both weighted, the sum of each branch's own evidence times its weight."""
+    from deepfake_toolkit.explain import evidence_map
+    from deepfake_toolkit.models.clip import ClipTowerConfig
+    from deepfake_toolkit.models.fusion import FusedDetector
+
+    torch.manual_seed(0)
+    module = FusedDetector(("embeds",), ClipTowerConfig(width=32, layers=2, heads=2,
+                                                        mlp_width=64, embed_dim=16)).eval()
+    with torch.no_grad():
+        for parameter in module.probe.tower.parameters():
+            parameter.normal_(0, 0.2)
+    crop = Image.fromarray((np.random.default_rng(2).random((120, 100, 3)) * 255)
+                           .astype(np.uint8))
+
+    def detector(name: str, part: torch.nn.Module) -> Detector:
+        return Detector(spec=get_spec(name), module=part, device=torch.device("cpu"),
+                        weights_path=None)
+
+    def fused(weights: list[float]) -> Detector:
+        module.stack_weight.copy_(torch.tensor(weights))
+        return detector("clip_fusion", module)
+
+    cnn, probe = detector("default", module.cnn), detector("clip_probe", module.probe)
+    np.testing.assert_allclose(gradcam(fused([1.5, 0.0]), crop), gradcam(cnn, crop), atol=1e-4)
+    np.testing.assert_allclose(gradcam(fused([0.0, 0.7]), crop), gradcam(probe, crop), atol=1e-4)
+    cnn_map, probe_map = evidence_map(cnn, crop), evidence_map(probe, crop)
+    assert cnn_map.max() > 0 and probe_map.max() > 0
+    both = evidence_map(fused([0.3, 2.0]), crop)
+    np.testing.assert_allclose(both, 0.3 * cnn_map + 2.0 * probe_map,
+                               rtol=1e-4, atol=1e-5 * both.max())
 
 
 def test_explain_files_writes_overlays_and_a_table(bright_model, astronaut, tmp_path):

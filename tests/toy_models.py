@@ -70,14 +70,14 @@ class BrightnessScore(nn.Module):
 
 
 def toy_detector(module: nn.Module, name: str, input_size: int = 64,
-                 threshold: float | None = 0.5, explain_layer=None) -> Detector:
+                 threshold: float | None = 0.5, explain_layers=None) -> Detector:
     """A :class:`Detector` around ``module`` (inputs in [0, 1], sigmoid = P(fake))."""
     spec = ModelSpec(
         name=name, description=f"toy model {name}", build=lambda: module,
         load_state_dict=lambda path: module.state_dict(),
         preprocess=Preprocess(input_size=input_size, resize="exact"),
         output="sigmoid_fake", weights=(WeightFile(f"{name}.safetensors"),),
-        threshold=threshold, explain_layer=explain_layer)
+        threshold=threshold, explain_layers=explain_layers)
     return Detector(spec=spec, module=module.eval(), device=torch.device("cpu"),
                     weights_path=Path(f"{name}.safetensors"))
 

@@ -18,7 +18,7 @@ from .registry import (
     unregister_model,
     weights_available,
 )
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import (
     UnsafeCheckpointError,
     WeightsFileError,
@@ -30,6 +30,7 @@ from .weights import (
 __all__ = [
     "Detector",
     "DeviceUnavailableError",
+    "HeatmapLayer",
     "ModelSpec",
     "Preprocess",
     "UnknownModelError",

@@ -26,7 +26,7 @@ from torch import nn
 
 from .loading import WeightsMismatchError
 from .registry import register_model
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import WeightsFileError, load_pickled_checkpoint, load_safetensors
 
 BNextSize = Literal["T", "S", "M", "L"]
@@ -423,9 +423,9 @@ class BNextDeepfakeDetector(nn.Module):
         return self.fc(self.base_model(x))
 
 
-def last_stage(module: BNextDeepfakeDetector) -> nn.Module:
+def last_stage(module: BNextDeepfakeDetector) -> tuple[HeatmapLayer, ...]:
     """The heatmap layer: the backbone's last stage (7 x 7 for a 224 input)."""
-    return module.base_model.feature[-1]
+    return (HeatmapLayer(module.base_model.feature[-1]),)
 
 
 def count_parameters(size: BNextSize, detector: bool = True) -> int:
@@ -566,7 +566,7 @@ def bnext_spec(size: BNextSize, dataset: str) -> ModelSpec:
         load_state_dict=functools.partial(load_bnext_weights, size=size),
         preprocess=BNEXT_PREPROCESS,
         output="sigmoid_real",
-        explain_layer=last_stage,
+        explain_layers=last_stage,
         weights=(
             WeightFile(
                 filename=converted,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .registry import register_model
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import WeightsFileError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -378,6 +378,17 @@ class ClipProbe(nn.Module):
         return self.head_logit(select_features(self.tower.forward_features(x), self.features))
 
 
+def probe_heatmap_layers(module: ClipProbe) -> tuple[HeatmapLayer, ...]:
+    """The heatmap layer of a probe: the first LayerNorm of the deepest block its features read
+    (the last block for the embedding or pooled token), its 14 x 14 patch tokens after the class
+    token. The class token a probe reads is made from the patch tokens by that block's attention;
+    at the block's output the patch tokens no longer reach it."""
+    blocks = module.tower.layers
+    depth = max(len(blocks) if name in ("embeds", "pooled") else int(name[3:])
+                for name in module.features)
+    return (HeatmapLayer(blocks[depth - 1].layer_norm1, prefix_tokens=1),)
+
+
 HEAD_KEYS = ("feature_mean", "feature_std", "head.weight", "head.bias")
 """The trained part of a :class:`ClipProbe`; the rest is the tower, read from its own file."""
 
@@ -464,6 +475,7 @@ CLIP_PROBE_SPEC = register_model(ModelSpec(
     ),
     extra={"architecture": "CLIP ViT-B/16 image tower (frozen, float32 rebuild of the INT8 "
                            "ONNX export) + linear head", "features": list(CLIP_PROBE_FEATURES)},
+    explain_layers=probe_heatmap_layers,
 ))
 
 

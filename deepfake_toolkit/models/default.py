@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .registry import register_model
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import load_safetensors
 
 DEFAULT_ARCHITECTURE = "tf_efficientnet_lite0"
@@ -24,9 +24,9 @@ def build_default() -> torch.nn.Module:
     return timm.create_model(DEFAULT_ARCHITECTURE, pretrained=False, num_classes=1)
 
 
-def last_conv_stage(module: torch.nn.Module) -> torch.nn.Module:
+def last_conv_stage(module: torch.nn.Module) -> tuple[HeatmapLayer, ...]:
     """The heatmap layer: the last conv's output after its norm and activation (7 x 7 x 1280)."""
-    return module.bn2
+    return (HeatmapLayer(module.bn2),)
 
 
 DEFAULT_SPEC = register_model(
@@ -52,6 +52,6 @@ DEFAULT_SPEC = register_model(
         ),
         extra={"architecture": DEFAULT_ARCHITECTURE},
         channels_last=True,
-        explain_layer=last_conv_stage,
+        explain_layers=last_conv_stage,
     )
 )

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .clip import CLIP_MEAN, CLIP_PROBE_FEATURES, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
-    ClipTowerConfig, check_recorded_features, find_tower, tower_state_dict
-from .default import build_default
+    ClipTowerConfig, check_recorded_features, find_tower, probe_heatmap_layers, tower_state_dict
+from .default import build_default, last_conv_stage
 from .registry import register_model
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import load_safetensors
 
 FUSION_WEIGHTS = "clip_fusion.safetensors"
@@ -63,6 +63,12 @@ def load_fusion(path: str) -> dict[str, torch.Tensor]:
     return {**state, **tower_state_dict(find_tower(path, "clip_fusion"), prefix="probe.tower.")}
 
 
+def fusion_heatmap_layers(module: FusedDetector) -> tuple[HeatmapLayer, ...]:
+    """Both branches' heatmap layers (the CNN's last conv stage, the probe's block norm): their
+    Grad-CAM maps of the fused logit, each as evidence per pixel, add up to the fusion's map."""
+    return (*last_conv_stage(module.cnn), *probe_heatmap_layers(module.probe))
+
+
 def build_fusion() -> FusedDetector:
     """The registered fusion's module, no weights loaded."""
     return FusedDetector(CLIP_PROBE_FEATURES)
@@ -85,4 +91,5 @@ FUSION_SPEC = register_model(ModelSpec(
     extra={"architecture": "EfficientNet-Lite0 (default) + CLIP ViT-B/16 linear probe, "
                            "logistic-regression stacking of their logits",
            "features": list(CLIP_PROBE_FEATURES)},
+    explain_layers=fusion_heatmap_layers,
 ))

@@ -20,6 +20,21 @@ ScoreOutput = Literal["sigmoid_fake", "sigmoid_real", "softmax"]
 
 
 @dataclass(frozen=True)
+class HeatmapLayer:
+    """A layer Grad-CAM heatmaps read (see :mod:`deepfake_toolkit.explain`).
+
+    Args:
+        module: The layer, inside the built model.
+        prefix_tokens: None when it outputs (N, C, H, W) feature maps; for a transformer layer
+            that outputs (N, T, C) tokens, the number of tokens (class token, registers) before
+            the square grid of patch tokens.
+    """
+
+    module: torch.nn.Module
+    prefix_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class Preprocess:
     """The transform from an RGB image to the model's input tensor.
 
@@ -102,12 +117,10 @@ class ModelSpec:
         channels_last: Run the module in channels-last memory layout. Results are the same up to
             float rounding; mobile-style CNNs (depthwise convolutions) run about 1.4x faster for
             inference and 1.6-1.9x faster for training on CPU this way.
-        explain_layer: Picks the layer Grad-CAM heatmaps are computed on from the built module
-            (the last convolutional stage of a CNN; a transformer's last block norm), or None when
-            the model has no heatmaps (see :mod:`deepfake_toolkit.explain`).
-        explain_prefix_tokens: None when ``explain_layer`` outputs (N, C, H, W) feature maps; for a
-            transformer layer that outputs (N, T, C) tokens, the number of tokens (class token,
-            registers) before the square grid of patch tokens.
+        explain_layers: Picks the layers Grad-CAM heatmaps are computed on from the built module
+            (the last convolutional stage of a CNN; a transformer's last block norm; one per
+            branch of a fused model, whose maps add up), or None when the model has no heatmaps
+            (see :mod:`deepfake_toolkit.explain`).
     """
 
     name: str
@@ -122,8 +135,7 @@ class ModelSpec:
     face_crop: FaceCropConfig | None = FaceCropConfig()
     extra: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
-    explain_layer: Callable[[torch.nn.Module], torch.nn.Module] | None = None
-    explain_prefix_tokens: int | None = None
+    explain_layers: Callable[[torch.nn.Module], tuple[HeatmapLayer, ...]] | None = None
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .registry import register_model
-from .spec import ModelSpec, Preprocess, WeightFile
+from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import WeightsFileError, load_pickled_checkpoint, load_safetensors
 
 VIT_ARCHITECTURE = "vit_base_patch16_224"
@@ -159,9 +159,9 @@ def _vit_instructions(name: str, repository: str, revision: str, folder: str,
         "can be imported the same way.")
 
 
-def last_block_norm(module: nn.Module) -> nn.Module:
+def last_block_norm(module: nn.Module) -> tuple[HeatmapLayer, ...]:
     """The heatmap layer: the last block's first LayerNorm (197 tokens: class token + 14 x 14)."""
-    return module.blocks[-1].norm1
+    return (HeatmapLayer(module.blocks[-1].norm1, prefix_tokens=1),)
 
 
 def vit_spec(name: str, repository: str, revision: str, folder: str, description: str,
@@ -175,8 +175,7 @@ def vit_spec(name: str, repository: str, revision: str, folder: str, description
         preprocess=VIT_PREPROCESS,
         output="softmax",
         fake_index=1,
-        explain_layer=last_block_norm,
-        explain_prefix_tokens=1,
+        explain_layers=last_block_norm,
         weights=(
             WeightFile(
                 filename=f"{name}.safetensors",
