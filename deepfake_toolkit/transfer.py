@@ -223,6 +223,16 @@ def held_out_auc(scores_out: np.ndarray, table_out: pd.DataFrame, val_real_score
             "n_real": values["n_real"], "n_fake": values["n_fake"]}
 
 
+def fold_cnn_auc(fold: pd.DataFrame) -> dict[str, float]:
+    """The leave-one-folder-out AUC of a CNN retrained without a folder, from its fold scores
+    (``scripts/lofo.py --scores``: label, part, fake_score), measured as its fusion fold is: the
+    held-out images against their own reals, or against the fold's validation reals."""
+    out = fold[fold["part"] == "holdout"]
+    val_real = fold[(fold["part"] == "validation") & (fold["label"] == 0)]
+    return held_out_auc(out["fake_score"].to_numpy(np.float64), out,
+                        val_real["fake_score"].to_numpy(np.float64))
+
+
 # ---------------------------------------------------------------------------------------------
 # The feature cache
 

@@ -301,6 +301,29 @@ def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
                                                         pytest.approx(by_hand["auc"]))
 
 
+def test_fold_cnn_auc_scores_the_held_out_folder_as_its_fusion_fold():
+    """A retrained CNN's own LOFO AUC from its fold scores: the folder's fakes against its own
+    reals, or, fake-only, against the fold's validation reals (scikit-learn's AUC)."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_toolkit.transfer import fold_cnn_auc
+
+    rng = np.random.default_rng(4)
+    val = pd.DataFrame({"label": np.repeat([0, 1], 30), "part": "validation",
+                        "fake_score": rng.uniform(size=60)})
+    own = pd.DataFrame({"label": np.repeat([0, 1], [12, 20]), "part": "holdout",
+                        "fake_score": rng.uniform(size=32)})
+    got = fold_cnn_auc(pd.concat([val, own]))["auc"]
+    assert got == pytest.approx(roc_auc_score(own["label"], own["fake_score"]))
+    fakes = own[own["label"] == 1]
+    got = fold_cnn_auc(pd.concat([val, fakes]))
+    reals = val[val["label"] == 0]
+    assert got["auc"] == pytest.approx(roc_auc_score(
+        np.r_[np.ones(20), np.zeros(30)], np.r_[fakes["fake_score"], reals["fake_score"]]))
+    assert (got["n_real"], got["n_fake"]) == (30, 20)
+
+
 def test_transfer_stacking_takes_the_smallest_cnn_share_that_keeps_every_folder():
     """fit_transfer_stacking: the smallest CNN share on the grid at which no fake folder's AUC
     drops below the CNN's (checked by brute force with scikit-learn), and a fused logit that is
