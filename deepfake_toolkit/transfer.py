@@ -104,25 +104,12 @@ def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float
         The stacking weights and bias on the raw logits (so the fused logit is
         ``logits @ weights + bias``, as for :func:`fit_stacking`), and the CNN share chosen.
     """
-    from sklearn.metrics import roc_auc_score
-
     logits = np.asarray(logits, dtype=np.float64)
     table = table.reset_index(drop=True)
     labels = table["label"].to_numpy()
-    sources = table["source"].to_numpy()
     mean, std = logits.mean(axis=0), logits.std(axis=0) + 1e-12
     z = (logits - mean) / std
-    masks = []
-    for folder in sorted(set(sources[labels == 1])):
-        own_reals = (sources == folder) & (labels == 0)
-        reals = own_reals if own_reals.any() else labels == 0
-        mask = reals | ((sources == folder) & (labels == 1))
-        if reals.any():
-            masks.append(mask)
-
-    def aucs(score: np.ndarray) -> np.ndarray:
-        return np.array([roc_auc_score(labels[m], score[m]) for m in masks])
-
+    aucs = functools.partial(fake_folder_aucs, table=table)
     cnn_aucs = aucs(z[:, 0])
     worst_gain = np.array([(aucs(c * z[:, 0] + (1.0 - c) * z[:, 1]) - cnn_aucs).min()
                            for c in TRANSFER_SHARE_GRID])
@@ -135,6 +122,49 @@ def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float
     weights = k[0] * np.array([share / std[0], (1.0 - share) / std[1]])
     bias = d - k[0] * (share * mean[0] / std[0] + (1.0 - share) * mean[1] / std[1])
     return weights, float(bias), share
+
+
+def fake_folder_aucs(scores: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """AUC of every fake folder of ``table`` (sorted by name): its fakes against its own reals,
+    or, fake-only, against all the reals."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = table["label"].to_numpy()
+    sources = table["source"].to_numpy()
+    aucs = []
+    for folder in sorted(set(sources[labels == 1])):
+        own_reals = (sources == folder) & (labels == 0)
+        reals = own_reals if own_reals.any() else labels == 0
+        if reals.any():
+            mask = reals | ((sources == folder) & (labels == 1))
+            aucs.append(roc_auc_score(labels[mask], scores[mask]))
+    return np.array(aucs)
+
+
+TRANSFER_MARGINS = (0.0, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03)
+"""The margins :func:`choose_transfer_margin` tries, smallest first."""
+
+
+def choose_transfer_margin(logits: np.ndarray, table: pd.DataFrame, tolerance: float = 0.01,
+                           margins: Sequence[float] = TRANSFER_MARGINS) -> float:
+    """The smallest margin for :func:`fit_transfer_stacking` that holds out of sample.
+
+    Every margin is cross-fitted on ``table``'s images (5 folds by group: each image scored by a
+    stacking chosen without it); the first whose every fake folder's AUC stays within
+    ``tolerance`` of the CNN's (column 0) is taken, or the largest margin if none does. This is
+    issue 16's in-family rule (no folder more than 0.01 below the CNN), applied where the choice
+    is made: on validation images, inside every leave-one-folder-out fold too.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    table = table.reset_index(drop=True)
+    every = np.ones(len(table), dtype=bool)
+    floor = fake_folder_aucs(logits[:, 0], table) - tolerance
+    for margin in margins:
+        fused = _fit_stack_crossfitted(logits, table, every,
+                                       fit=functools.partial(_transfer_stacking, margin=margin))
+        if (fake_folder_aucs(fused, table) >= floor - 1e-12).all():
+            return float(margin)
+    return float(margins[-1])
 
 
 def balanced_weights(table: pd.DataFrame) -> np.ndarray:
@@ -344,7 +374,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
                  log=print, self_blends: SelfBlends | None = None,
                  self_blend_candidates: Sequence[str] = (),
                  fold_cnn: Mapping[str, pd.DataFrame] | None = None,
-                 transfer_margin: float = 0.0) -> dict[str, Any]:
+                 transfer_margin: float | str = "auto") -> dict[str, Any]:
     """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
 
     For each candidate feature set and each fake folder F: the probe is refitted on the training
@@ -373,7 +403,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             --scores``: relative, part, fake_score). Folders without an entry get the optimistic
             bound (the shipped CNN), noted as such in their fold.
         transfer_margin: The "tfusion:" candidates' margin over the CNN's per-folder AUC (see
-            :func:`fit_transfer_stacking`).
+            :func:`fit_transfer_stacking`), or "auto": chosen wherever the stacking is fitted
+            (:func:`choose_transfer_margin`; in every LOFO fold on that fold's validation).
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -518,8 +549,12 @@ def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame
     return w, b, {}
 
 
-def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float = 0.0
+def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float | str = 0.0
                        ) -> tuple[np.ndarray, float, dict]:
+    """:func:`fit_transfer_stacking` with ``margin``, or, "auto", the margin
+    :func:`choose_transfer_margin` picks on these images."""
+    if margin == "auto":
+        margin = choose_transfer_margin(logits, table)
     w, b, share = fit_transfer_stacking(logits, table, margin)
     return w, b, {"cnn_share": share, "margin": margin}
 
@@ -530,7 +565,8 @@ def _fit_stack_crossfitted(logits: np.ndarray, table: pd.DataFrame, is_val: np.n
     (5 folds by group inside the validation split); training images get the all-validation fit.
     ``fit(logits, table)`` returns the stacking's weights and bias (and facts, unused here).
     """
-    groups = table["group"].to_numpy() if "group" in table else table["relative"].to_numpy()
+    groups = (table["group"].to_numpy() if "group" in table else
+              table["relative"].to_numpy() if "relative" in table else np.arange(len(table)))
     val_index = np.flatnonzero(is_val)
     unique = np.unique(groups[val_index])
     rng = np.random.default_rng(seed)

@@ -40,7 +40,10 @@ Usage:
 
 ``--transfer-margin M``: the "tfusion:" candidates keep every fake folder's validation AUC at the
 CNN's plus M (transfer.fit_transfer_stacking), so that the share they choose does not sit on the
-edge of the constraint. ``--stacking`` picks the shipped fusion's stacking: "logistic" (the
+edge of the constraint. The default, "auto", takes the smallest margin of
+transfer.TRANSFER_MARGINS whose cross-fitted AUC stays within 0.01 of the CNN's on every fake
+folder (transfer.choose_transfer_margin), chosen again wherever a stacking is fitted: on the
+validation split, and on each LOFO fold's own validation images. ``--stacking`` picks the shipped fusion's stacking: "logistic" (the
 "fusion:" candidates') or "transfer" (the "tfusion:" candidates', with the same margin).
 """
 
@@ -66,6 +69,7 @@ from deepfake_toolkit.transfer import (
     feature_matrix,
     fit_probe,
     fit_stacking,
+    choose_transfer_margin,
     fit_transfer_stacking,
     fold_cnn_auc,
     folder_table,
@@ -104,8 +108,9 @@ def main() -> None:
                         help="per-fold scores of CNNs retrained without each fake folder "
                              "(scripts/lofo.py --scores DIR; <folder>.csv or .csv.gz): the "
                              "fusion's LOFO becomes honest")
-    parser.add_argument("--transfer-margin", type=float, default=0.0, metavar="M",
-                        help="tfusion: keep every fake folder's validation AUC at the CNN's + M")
+    parser.add_argument("--transfer-margin", type=margin_arg, default="auto", metavar="M",
+                        help="tfusion: keep every fake folder's validation AUC at the CNN's + M "
+                             "(default auto: transfer.choose_transfer_margin, wherever fitted)")
     parser.add_argument("--stacking", choices=("logistic", "transfer"), default="logistic",
                         help="the shipped fusion's stacking (default: logistic)")
     args = parser.parse_args()
@@ -206,10 +211,12 @@ def main() -> None:
 
     cnn_logit = arrays["cnn_logit"].astype(np.float64)
     z = np.stack([cnn_logit, probe_logit], 1)
-    cnn_share = None
+    cnn_share, margin = None, None
     if args.stacking == "transfer":
-        stack_w, stack_b, cnn_share = fit_transfer_stacking(z[is_val], table[is_val],
-                                                            args.transfer_margin)
+        margin = args.transfer_margin
+        if margin == "auto":
+            margin = choose_transfer_margin(z[is_val], table[is_val])
+        stack_w, stack_b, cnn_share = fit_transfer_stacking(z[is_val], table[is_val], margin)
     else:
         stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
                                         balanced_weights(table[is_val]))
@@ -224,7 +231,7 @@ def main() -> None:
     fusion_spec = dataclasses.replace(
         fusion_spec, threshold=round(fusion_threshold, 4),
         extra={**fusion_spec.extra, "features": list(shipped_features),
-               "stacking": args.stacking, "cnn_share": cnn_share,
+               "stacking": args.stacking, "cnn_share": cnn_share, "transfer_margin": margin,
                "stack_weight": [float(v) for v in stack_w],
                "stack_bias": stack_b})
     save_weights(fusion_spec, state, out / fusion_spec.weights[0].filename)
@@ -237,7 +244,7 @@ def main() -> None:
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
         "clip_fusion": {"stacking": args.stacking, "cnn_share": cnn_share,
-                        "transfer_margin": args.transfer_margin,
+                        "transfer_margin": margin,
                         "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
                         "threshold": fusion_threshold,
                         "validation_in_sample_stacking": folder_table(
@@ -262,6 +269,11 @@ def main() -> None:
     (out / "clip_transfer.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     print(markdown_tables(record, preferred))
     print(f"wrote {out / 'clip_transfer.json'} ({time.perf_counter() - started:.0f} s)")
+
+
+def margin_arg(value: str) -> float | str:
+    """--transfer-margin: a number, or "auto"."""
+    return value if value == "auto" else float(value)
 
 
 def ship_rule(results: dict, fake_folders: list[str]) -> dict:

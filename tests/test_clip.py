@@ -301,6 +301,47 @@ def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
                                                         pytest.approx(by_hand["auc"]))
 
 
+def test_choose_transfer_margin_takes_the_smallest_that_holds_out_of_sample():
+    """The smallest margin on the grid whose cross-fitted stacking keeps every fake folder's AUC
+    (scikit-learn's, folder by folder) within the tolerance of the CNN's, by brute force; and
+    "auto" in the stacking takes it."""
+    import functools
+
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_toolkit.transfer import (TRANSFER_MARGINS, _fit_stack_crossfitted,
+                                           _transfer_stacking, choose_transfer_margin)
+
+    rng = np.random.default_rng(1)
+    rows = [(s, label) for s, n_real, n_fake in (("a", 40, 40), ("b", 40, 40), ("g", 0, 30),
+                                                  ("r", 40, 0))
+            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
+    cnn = rng.normal(size=len(table)) * 2 + labels * 3
+    logits = np.stack([cnn, rng.normal(size=len(table)) + labels * 1.5], 1)
+
+    def worst_loss(score):
+        losses = []
+        for folder, own in (("a", True), ("b", True), ("g", False)):
+            m = ((sources == folder) | (labels == 0)) if not own else sources == folder
+            losses.append(roc_auc_score(labels[m], cnn[m]) - roc_auc_score(labels[m], score[m]))
+        return max(losses)
+
+    every = np.ones(len(table), dtype=bool)
+    losses = [worst_loss(_fit_stack_crossfitted(
+        logits, table, every, fit=functools.partial(_transfer_stacking, margin=m)))
+        for m in TRANSFER_MARGINS]
+    expected = next(m for m, loss in zip(TRANSFER_MARGINS, losses) if loss <= 1e-12)
+    assert expected > 0.0      # margin 0 slips out of sample on these images
+    assert choose_transfer_margin(logits, table, tolerance=0.0) == expected
+    assert choose_transfer_margin(logits, table) == next(
+        m for m, loss in zip(TRANSFER_MARGINS, losses) if loss <= 0.01 + 1e-12)
+    _, _, facts = _transfer_stacking(logits, table, "auto")
+    assert facts["margin"] == choose_transfer_margin(logits, table)
+
+
 def test_fold_cnn_auc_scores_the_held_out_folder_as_its_fusion_fold():
     """A retrained CNN's own LOFO AUC from its fold scores: the folder's fakes against its own
     reals, or, fake-only, against the fold's validation reals (scikit-learn's AUC)."""
