@@ -44,14 +44,14 @@ def tiny(random_default_weights):
     unregister_model("default_at_32")
 
 
-def _images(folder, count: int, broken: tuple[int, ...] = ()) -> list[str]:
+def _images(folder, count: int, broken: tuple[int, ...] = (), side: int = 32) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         path = folder / f"{i:04d}.png"
         if i in broken:
             path.write_bytes(b"\x89PNG not really")
         else:
-            Image.new("RGB", (32, 32), (i * 7 % 256, i * 13 % 256, 90)).save(path)
+            Image.new("RGB", (side, side), (i * 7 % 256, i * 13 % 256, 90)).save(path)
     return sorted(str(p) for p in folder.iterdir())
 
 
@@ -191,7 +191,9 @@ def _signal_when_rows(process: subprocess.Popen, partial, rows: int, signum: int
 def test_sigint_and_kill_leave_the_finished_rows_and_resume_completes(random_default_weights,
                                                                       tmp_path):
     folder = tmp_path / "images"
-    files = _images(folder, 60)
+    # Large enough that decoding keeps the run going well past the signals (32 px images were
+    # all scored before the first SIGINT landed, on an idle machine).
+    files = _images(folder, 60, side=800)
     out = tmp_path / "out.csv"
     args = ["classify", folder, "-o", out, "--weights-dir", random_default_weights, "--quiet",
             "--no-face-crop", "--batch-size", "2", "--workers", "0"]
