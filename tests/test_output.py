@@ -170,8 +170,11 @@ def test_resume_with_other_settings_is_refused(detector, random_default_weights,
 
 def _cli(*args) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPFAKE_TOOLKIT_NO_TCMALLOC": "1"}
+    # A test run started in the background by a shell (cmd &) inherits SIGINT ignored, and Python
+    # then installs no Ctrl+C handler: restore the default, as a terminal would have it.
     return subprocess.Popen([sys.executable, "-m", "deepfake_toolkit", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _rows_in(path) -> int:
@@ -191,8 +194,7 @@ def _signal_when_rows(process: subprocess.Popen, partial, rows: int, signum: int
 def test_sigint_and_kill_leave_the_finished_rows_and_resume_completes(random_default_weights,
                                                                       tmp_path):
     folder = tmp_path / "images"
-    # Large enough that decoding keeps the run going well past the signals (32 px images were
-    # all scored before the first SIGINT landed, on an idle machine).
+    # Large enough that decoding keeps the run going well past the signals.
     files = _images(folder, 60, side=800)
     out = tmp_path / "out.csv"
     args = ["classify", folder, "-o", out, "--weights-dir", random_default_weights, "--quiet",
