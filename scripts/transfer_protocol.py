@@ -43,8 +43,9 @@ CNN's plus M (transfer.fit_transfer_stacking), so that the share they choose doe
 edge of the constraint. The default, "auto", takes the smallest margin of
 transfer.TRANSFER_MARGINS whose cross-fitted AUC stays within 0.01 of the CNN's on every fake
 folder (transfer.choose_transfer_margin), chosen again wherever a stacking is fitted: on the
-validation split, and on each LOFO fold's own validation images. ``--stacking`` picks the shipped fusion's stacking: "logistic" (the
-"fusion:" candidates') or "transfer" (the "tfusion:" candidates', with the same margin).
+validation split, and on each LOFO fold's own validation images. ``--stacking`` picks the
+shipped fusion's stacking: "logistic" (the "fusion:" candidates') or "transfer" (the "tfusion:"
+candidates', with the same margin).
 """
 
 import argparse
@@ -68,9 +69,8 @@ from deepfake_toolkit.transfer import (
     balanced_weights,
     feature_matrix,
     fit_probe,
+    _transfer_stacking,
     fit_stacking,
-    choose_transfer_margin,
-    fit_transfer_stacking,
     fold_cnn_auc,
     folder_table,
     head_state_dict,
@@ -213,10 +213,10 @@ def main() -> None:
     z = np.stack([cnn_logit, probe_logit], 1)
     cnn_share, margin = None, None
     if args.stacking == "transfer":
-        margin = args.transfer_margin
-        if margin == "auto":
-            margin = choose_transfer_margin(z[is_val], table[is_val])
-        stack_w, stack_b, cnn_share = fit_transfer_stacking(z[is_val], table[is_val], margin)
+        # The same fit, "auto" margin included, as the "tfusion:" candidates'.
+        stack_w, stack_b, facts = _transfer_stacking(z[is_val], table[is_val],
+                                                     args.transfer_margin)
+        cnn_share, margin = facts["cnn_share"], facts["margin"]
     else:
         stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
                                         balanced_weights(table[is_val]))
