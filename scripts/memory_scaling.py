@@ -9,9 +9,10 @@ the forked workers count once per process), the peak of the summed PSS (shared p
 between the processes), and the size of the table returned to Python. Nothing is asserted.
 
 Face crop is off: with it, scoring runs at about 1-2 images/s on a 2-core machine, too slow
-for 100,000 files. --input-size scores with the default network at a smaller input (the same
-weights; its scores are not the default model's) when even that is too slow: the pipeline,
-the rows and the output are the same, only the network's work per image shrinks.
+for 100,000 files. The model is the CNN (``cnn``, the default model's CNN branch). --input-size
+scores with it at a smaller input (the same weights; its scores are not the CNN's) when even
+that is too slow: the pipeline, the rows and the output are the same, only the network's work per
+image shrinks.
 
 --thumbnail N links to copies of the photos at most N px, so that decoding costs little too.
 
@@ -82,14 +83,14 @@ def child(tree: Path, output: Path, input_size: int | None, workers: int | None)
     from deepfake_toolkit import classify_directory, load_model
     from deepfake_toolkit.models import get_spec, register_model
 
-    model = "default"
+    model = "cnn"
     if input_size:
-        base = get_spec("default")
+        base = get_spec("cnn")
         register_model(dataclasses.replace(
-            base, name=f"default_at_{input_size}",
+            base, name=f"cnn_at_{input_size}",
             preprocess=dataclasses.replace(base.preprocess, input_size=input_size)))
-        detector = load_model("default", device="cpu")
-        detector = dataclasses.replace(detector, spec=get_spec(f"default_at_{input_size}"))
+        detector = load_model("cnn", device="cpu")
+        detector = dataclasses.replace(detector, spec=get_spec(f"cnn_at_{input_size}"))
         model = detector
     started = time.perf_counter()
     frame = classify_directory(tree, model, face_crop=False, output_csv=output, progress=False,
@@ -122,7 +123,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--source", type=Path, default=SHARED_PHOTOS)
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/memory_scaling"))
-    parser.add_argument("--input-size", type=int, help="score with the default network at "
+    parser.add_argument("--input-size", type=int, help="score with the CNN at "
                         "this input size (default: the model's own, 224)")
     parser.add_argument("--workers", type=int, help="decoding workers (default: the pipeline's)")
     parser.add_argument("--thumbnail", type=int, help="link to copies of the photos at most "
@@ -134,7 +135,7 @@ def main() -> None:
         child(args.child, args.output, args.input_size, args.workers)
         return
     photos = pool_of_photos(args.source, args.pool, args.scratch, args.thumbnail)
-    print(f"face crop off; model: default network at {args.input_size or 224} px; "
+    print(f"face crop off; model: cnn at {args.input_size or 224} px; "
           f"{os.cpu_count()} CPUs; {len(photos)} photos from {args.source}"
           + (f" as copies of at most {args.thumbnail} px" if args.thumbnail else ""))
     print(f"{'files':>8} {'seconds':>8} {'img/s':>7} {'peak RSS':>10} {'peak PSS':>10} "

@@ -1,4 +1,5 @@
-"""How often the stability check flips the default model's verdict, and what provenance costs.
+"""How often the stability check flips a model's verdict (--model, default: the default model), and
+what provenance costs.
 
 Scores a labelled folder's validation split (the training run's split: same seed, groups and
 folders), or a random sample of it, with `classify_files(stability=True)` exactly as a user
@@ -7,7 +8,7 @@ under JPEG 90 / JPEG 75 / downscale 0.75, per class and per source folder, the s
 and the time `read_provenance` takes per file.
 
 Usage: python scripts/stability_rates.py DATA_ROOT [--groups GROUPS.csv] [--n 300]
-           [--no-face-crop] [--weights-dir DIR] [--out per_image.csv]
+           [--no-face-crop] [--weights-dir DIR] [--model NAME] [--out per_image.csv]
 """
 
 import argparse
@@ -30,6 +31,7 @@ def main() -> None:
                         "split (0: all of it)")
     parser.add_argument("--no-face-crop", action="store_true")
     parser.add_argument("--weights-dir")
+    parser.add_argument("--model", default="default")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -44,7 +46,7 @@ def main() -> None:
         read_provenance(path)
     provenance_ms = (time.perf_counter() - started) / len(val) * 1e3
 
-    detector = load_model("default", weights_dir=args.weights_dir)
+    detector = load_model(args.model, weights_dir=args.weights_dir)
     started = time.perf_counter()
     scored = classify_files(val["path"].tolist(), detector, face_crop=not args.no_face_crop,
                             stability=True, progress=False)

@@ -30,8 +30,8 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
    shipping (``CLIP_PROBE_FEATURES`` must name its feature set):
    the probe on the training split, the stacking on the validation split; each threshold keeps
    every real folder's validation real accuracy >= 0.80 and within that maximises balanced
-   accuracy. Written to WEIGHTS_DIR (clip_probe.safetensors, clip_fusion.safetensors) with the
-   record (clip_transfer.json).
+   accuracy. Written to WEIGHTS_DIR (clip_probe.safetensors; clip_fusion.safetensors, the
+   default model) with the record (clip_transfer.json).
 
 Usage:
     python scripts/transfer_protocol.py DATA_ROOT FEATURE_DIR WEIGHTS_DIR [--groups GROUPS.csv]
@@ -60,7 +60,7 @@ import torch
 
 from deepfake_toolkit.models import get_spec, save_weights
 from deepfake_toolkit.models.clip import CLIP_PROBE_FEATURES
-from deepfake_toolkit.models.default import DEFAULT_WEIGHTS
+from deepfake_toolkit.models.cnn import CNN_WEIGHTS
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS, load_safetensors
 from deepfake_toolkit.train import find_labelled_images, read_groups
 from deepfake_toolkit.transfer import (
@@ -222,12 +222,12 @@ def main() -> None:
                                         balanced_weights(table[is_val]))
     fused = sigmoid(z @ stack_w + stack_b)
     fusion_threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
-    cnn_state = load_safetensors(PROJECT_WEIGHTS / DEFAULT_WEIGHTS)
+    cnn_state = load_safetensors(PROJECT_WEIGHTS / CNN_WEIGHTS)
     state = {f"cnn.{k}": v for k, v in cnn_state.items()}
     state.update(head_state_dict(head, prefix="probe."))
     state["stack_weight"] = torch.tensor(stack_w, dtype=torch.float32)
     state["stack_bias"] = torch.tensor([stack_b], dtype=torch.float32)
-    fusion_spec = get_spec("clip_fusion")
+    fusion_spec = get_spec("default")
     fusion_spec = dataclasses.replace(
         fusion_spec, threshold=round(fusion_threshold, 4),
         extra={**fusion_spec.extra, "features": list(shipped_features),
@@ -243,12 +243,12 @@ def main() -> None:
                        "threshold": probe_threshold,
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
-        "clip_fusion": {"stacking": args.stacking, "cnn_share": cnn_share,
-                        "transfer_margin": margin,
-                        "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
-                        "threshold": fusion_threshold,
-                        "validation_in_sample_stacking": folder_table(
-                            fused[is_val], val_table, fusion_threshold)},
+        "default": {"stacking": args.stacking, "cnn_share": cnn_share,
+                    "transfer_margin": margin,
+                    "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
+                    "threshold": fusion_threshold,
+                    "validation_in_sample_stacking": folder_table(
+                        fused[is_val], val_table, fusion_threshold)},
     }
     record = {
         "protocol": __doc__,

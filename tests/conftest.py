@@ -59,13 +59,13 @@ def no_face_image() -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def random_default_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding a randomly initialised checkpoint of the default model, saved by the
+def random_cnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a randomly initialised checkpoint of the CNN (``cnn``), saved by the
     toolkit's own writer (so the real loading code is exercised)."""
     from deepfake_toolkit.models import get_spec, save_weights
 
     folder = tmp_path_factory.mktemp("weights")
-    spec = get_spec("default")
+    spec = get_spec("cnn")
     torch.manual_seed(0)
     state = spec.build().state_dict()
     # A small head keeps random scores away from 0 and 1, so labels and thresholds vary.

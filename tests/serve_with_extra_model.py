@@ -23,7 +23,7 @@ UNWEIGHTED_URL = "https://example.org/weights/unweighted_test_model.safetensors"
 def unweighted_spec() -> ModelSpec:
     """The default model's architecture under another name, with a weight file nobody has."""
     return dataclasses.replace(
-        get_spec("default"), name=UNWEIGHTED_MODEL,
+        get_spec("cnn"), name=UNWEIGHTED_MODEL,
         description="test model whose weights are not installed",
         weights=(WeightFile(filename=UNWEIGHTED_FILE, url=UNWEIGHTED_URL, license="test-only"),))
 

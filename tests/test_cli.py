@@ -18,7 +18,7 @@ def test_version():
     assert result.returncode == 0 and __version__ in result.stdout
 
 
-def test_classify_writes_one_row_per_file_with_summary(tmp_path, random_default_weights,
+def test_classify_writes_one_row_per_file_with_summary(tmp_path, random_cnn_weights,
                                                        astronaut):
     folder = tmp_path / "images"
     (folder / "nested").mkdir(parents=True)
@@ -26,15 +26,15 @@ def test_classify_writes_one_row_per_file_with_summary(tmp_path, random_default_
     Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "nested" / "flat.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     out = tmp_path / "out.csv"
-    result = run_cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
-                     "--quiet")
+    result = run_cli("classify", folder, "-o", out, "-m", "cnn", "--weights-dir",
+                     random_cnn_weights, "--quiet")
     assert result.returncode == 0, result.stderr
     assert "3 files, 2 scored" in result.stdout and "1 errors" in result.stdout
     assert "images/s" in result.stdout
     table = read_csv(out)
     assert len(table) == 3 and (table["error"] != "").sum() == 1
 
-    top = run_cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
+    top = run_cli("classify", folder, "-o", out, "-m", "cnn", "--weights-dir", random_cnn_weights,
                   "--quiet", "--no-recursive", "--no-face-crop", "--threshold", "0.5")
     assert top.returncode == 0, top.stderr
     table = read_csv(out)
@@ -42,7 +42,7 @@ def test_classify_writes_one_row_per_file_with_summary(tmp_path, random_default_
     assert set(table["region"]) <= {"image", ""}
 
 
-def test_classify_errors_exit_2_with_a_message(tmp_path, random_default_weights):
+def test_classify_errors_exit_2_with_a_message(tmp_path, random_cnn_weights):
     missing = run_cli("classify", tmp_path / "nope")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
@@ -65,14 +65,14 @@ def test_missing_weights_exit_2_naming_file_and_folders(tmp_path, monkeypatch, c
     status = cli.main(["classify", str(tmp_path), "-o", str(tmp_path / "o.csv"), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2
-    assert "deepfake_toolkit_default.safetensors" in err and str(empty) in err
+    assert "clip_fusion.safetensors" in err and str(empty) in err
     assert not (tmp_path / "o.csv").exists()
 
 
-def test_models_lists_weights_state(random_default_weights):
-    present = run_cli("models", "--weights-dir", random_default_weights)
+def test_models_lists_weights_state(random_cnn_weights):
+    present = run_cli("models", "--weights-dir", random_cnn_weights)
     assert present.returncode == 0
-    line = next(l for l in present.stdout.splitlines() if l.startswith("default "))
+    line = next(l for l in present.stdout.splitlines() if l.startswith("cnn "))
     assert "weights present" in line
 
 

@@ -543,7 +543,7 @@ def _clip_record() -> dict:
 
 @pytest.mark.skipif(_real_tower() is None or "reference_scores" not in _clip_record(),
                     reason="the CLIP tower is not in a weight folder (or no recorded scores)")
-@pytest.mark.parametrize("model", ["clip_probe", "clip_fusion"])
+@pytest.mark.parametrize("model", ["clip_probe", "default"])
 def test_shipped_clip_models_give_their_recorded_reference_scores(model, tmp_path):
     """The shipped heads, loaded through the registry with the real tower, score the offline
     reference photos as recorded in weights/clip_transfer.json

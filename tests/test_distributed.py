@@ -110,14 +110,14 @@ def image_folder(tmp_path_factory, astronaut, no_face_image) -> Path:
 
 @pytest.fixture(scope="module")
 def both_engines(ray_cluster, image_folder, tmp_path_factory):
-    """The default model's (trained weights, face crop on) tables from both engines, and the
-    files they wrote."""
-    from conftest import project_default_weights_present
+    """The shipped CNN's (trained weights, face crop on) tables from both engines, and the files
+    they wrote."""
+    from conftest import project_weights_present
 
-    if not project_default_weights_present():
-        pytest.skip("the default model's weights are not in weights/")
+    if not project_weights_present("cnn"):
+        pytest.skip("the CNN's weights are not in weights/")
     out = tmp_path_factory.mktemp("ray-out")
-    detector = load_model("default", device="cpu")
+    detector = load_model("cnn", device="cpu")
     options = dict(batch_size=2, progress=False, device="cpu")
     local = classify_directory(image_folder, detector, output_csv=out / "local.csv",
                                num_workers=0, **options)
@@ -155,7 +155,7 @@ def test_corrupt_and_empty_files_become_error_rows(both_engines, image_folder):
 
 
 @ray_timeout
-def test_dataset_of_paths_survives_an_actor_that_crashes_once(ray_cluster, random_default_weights,
+def test_dataset_of_paths_survives_an_actor_that_crashes_once(ray_cluster, random_cnn_weights,
                                                               image_folder, tmp_path):
     from deepfake_toolkit.distributed import classify_dataset
 
@@ -171,7 +171,7 @@ def test_dataset_of_paths_survives_an_actor_that_crashes_once(ray_cluster, rando
             os._exit(1)
         return image
 
-    detector = load_model("default", weights_dir=random_default_weights, device="cpu")
+    detector = load_model("cnn", weights_dir=random_cnn_weights, device="cpu")
     dataset = classify_dataset(ray_cluster.data.read_parquet(str(listing)), detector,
                                face_crop=False, batch_size=2, path_column="file",
                                perturb=crash_once)
@@ -200,14 +200,14 @@ def test_cuda_without_gpus_in_the_cluster_is_refused():
 
 
 def test_ray_engine_without_ray_says_how_to_install(monkeypatch, tmp_path, capsys,
-                                                   random_default_weights):
+                                                   random_cnn_weights):
     from deepfake_toolkit.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     with pytest.raises(RayEngineError, match=r'pip install "deepfake-toolkit\[ray\]"'):
-        classify_directory(tmp_path, "default", weights_dir=random_default_weights,
+        classify_directory(tmp_path, "cnn", weights_dir=random_cnn_weights,
                            engine="ray", progress=False)
     assert main(["classify", str(tmp_path), "--engine", "ray", "-o",
                  str(tmp_path / "out.csv")]) == 2
@@ -240,7 +240,7 @@ def test_cli_on_a_running_cluster_writes_the_local_table_and_leaves_the_cluster_
     assert cluster
     temp_dir = short_temp_dir()
     try:
-        run = _cli("classify", image_folder, "--engine", "ray", "--ray-address",
+        run = _cli("classify", image_folder, "-m", "cnn", "--engine", "ray", "--ray-address",
                    context.gcs_address,
                    "-o", tmp_path / "out.parquet", "--batch-size", "2", "--device", "cpu",
                    "--quiet", temp_dir=temp_dir)
@@ -262,7 +262,7 @@ def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut,
     for index in range(40):  # far more than can be scored between the start and the Ctrl+C
         astronaut.save(folder / f"{index:02d}.jpg", quality=90)
     temp_dir = short_temp_dir()
-    run = _cli("classify", folder, "--engine", "ray", "-o", tmp_path / "out.csv",
+    run = _cli("classify", folder, "-m", "cnn", "--engine", "ray", "-o", tmp_path / "out.csv",
                "--batch-size", "1", "--device", "cpu", temp_dir=temp_dir)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)

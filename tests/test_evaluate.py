@@ -298,10 +298,10 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scored(tiny_folder: Path, random_default_weights: Path) -> pd.DataFrame:
+def scored(tiny_folder: Path, random_cnn_weights: Path) -> pd.DataFrame:
     from deepfake_toolkit.models import load_model
 
-    detector = load_model("default", weights_dir=random_default_weights, device="cpu")
+    detector = load_model("cnn", weights_dir=random_cnn_weights, device="cpu")
     return score_labelled(label_files(tiny_folder), detector, face_crop=False,
                           perturbations=(JpegCompression(50), Downscale(0.5)), progress=False,
                           num_workers=0)
@@ -353,7 +353,7 @@ def test_report_files_are_written_and_readable(scored, tmp_path):
             "operating_points", "report"} <= set(written)
 
     document = json.loads(written["metrics_json"].read_text())
-    assert document["models"] == ["default"]
+    assert document["models"] == ["cnn"]
     assert {row["subset"] for row in document["metrics"]} == {ALL_IMAGES, "gan", "diffusion"}
     assert len(document["robustness"]) == 3
     assert document["settings"]["root"] == "tiny"
@@ -372,14 +372,14 @@ def test_report_files_are_written_and_readable(scored, tmp_path):
     pd.testing.assert_frame_equal(rebuilt.robustness, evaluation.robustness)
 
 
-def test_report_shows_heatmaps_of_the_top_images_per_class(scored, random_default_weights,
+def test_report_shows_heatmaps_of_the_top_images_per_class(scored, random_cnn_weights,
                                                             tmp_path):
     pytest.importorskip("captum", reason="captum (the explain extra) is not installed")
     from deepfake_toolkit.explain import top_heatmaps
 
     evaluation = evaluate_table(scored, n_bootstrap=0)
     evaluation.heatmaps = top_heatmaps(evaluation.per_image, 1, tmp_path / "heatmaps",
-                                       face_crop=False, weights_dir=random_default_weights)
+                                       face_crop=False, weights_dir=random_cnn_weights)
     clean = scored[scored["perturbation"] == "none"]
     top = clean.loc[clean.groupby("true_label")["fake_score"].idxmax()]
     assert sorted(evaluation.heatmaps["path"]) == sorted(top["path"])
@@ -402,18 +402,18 @@ def test_operating_points_travel_through_the_per_image_csv(scored, tmp_path):
                                evaluation.per_image["calibrated_score"])
 
 
-def test_evaluate_directory_fits_on_a_tuning_folder(tiny_folder, random_default_weights):
+def test_evaluate_directory_fits_on_a_tuning_folder(tiny_folder, random_cnn_weights):
     evaluation = evaluate_directory(
-        tiny_folder, "default", face_crop=False, threshold_rule="fpr", target_fpr=0.34,
-        tune_on=tiny_folder, weights_dir=random_default_weights, progress=False,
+        tiny_folder, "cnn", face_crop=False, threshold_rule="fpr", target_fpr=0.34,
+        tune_on=tiny_folder, weights_dir=random_cnn_weights, progress=False,
         num_workers=0, n_bootstrap=0)
-    point = evaluation.operating_points["default"]
+    point = evaluation.operating_points["cnn"]
     assert point.rule == "fpr" and point.fitted_on == str(tiny_folder)
     assert (point.n_real, point.n_fake) == (3, 3)
     assert not any("optimistic" in note for note in evaluation.notes)
     assert evaluation.overall.loc[0, "threshold"] == pytest.approx(point.threshold)
     with pytest.raises(ValueError, match="not both"):
-        evaluate_directory(tiny_folder, "default", operating_points={}, calibration="platt")
+        evaluate_directory(tiny_folder, "cnn", operating_points={}, calibration="platt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def test_evaluate_loads_each_model_once(graded_folder, thresholded_model, monkey
 
     loaded = []
 
-    def counting_load(name="default", *args, **kwargs):
+    def counting_load(name="cnn", *args, **kwargs):
         loaded.append(name)
         return models.loading.load_model(name, *args, **kwargs)
 
@@ -479,18 +479,18 @@ def test_evaluate_loads_each_model_once(graded_folder, thresholded_model, monkey
 # Command line
 
 
-def test_cli_evaluate_through_a_subprocess(tiny_folder, random_default_weights, tmp_path):
-    env = {**os.environ, "DEEPFAKE_TOOLKIT_WEIGHTS": str(random_default_weights),
+def test_cli_evaluate_through_a_subprocess(tiny_folder, random_cnn_weights, tmp_path):
+    env = {**os.environ, "DEEPFAKE_TOOLKIT_WEIGHTS": str(random_cnn_weights),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")])}
     report = tmp_path / "report"
     command = [sys.executable, "-m", "deepfake_toolkit", "evaluate", str(tiny_folder),
-               "-m", "default", "--labels", "folder", "--report", str(report),
+               "-m", "cnn", "--labels", "folder", "--report", str(report),
                "--no-face-crop", "--quiet", "--bootstrap", "100"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "default: AUC" in done.stdout
+    assert "cnn: AUC" in done.stdout
     for name in ("per_image.csv", "metrics.csv", "metrics.json", "operating_points.json",
                  "report.html"):
         assert (report / name).is_file(), name
@@ -512,7 +512,7 @@ def test_cli_fits_and_applies_operating_points(scored, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "optimistic" in out
     saved = tmp_path / "fit" / "operating_points.json"
-    assert json.loads(saved.read_text())["models"]["default"]["rule"] == "balanced_accuracy"
+    assert json.loads(saved.read_text())["models"]["cnn"]["rule"] == "balanced_accuracy"
     assert cli.main(["evaluate", "--from-csv", str(csv), "--operating-points", str(saved),
                      "--report", str(tmp_path / "applied"), "--bootstrap", "0"]) == 0
     fitted = pd.read_csv(tmp_path / "fit" / "metrics.csv")

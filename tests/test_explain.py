@@ -67,7 +67,7 @@ def _random_detector(name: str, **build) -> Detector:
 
 
 @pytest.mark.parametrize("name, build", [
-    ("default", {}),
+    ("cnn", {}),
     ("bnext_t_dffd", {}),
     ("vit_dima806", {"depth": 1}),
 ])
@@ -85,8 +85,8 @@ def test_every_family_gives_a_crop_sized_map(name, build):
 
 def test_a_fused_models_map_adds_up_its_branches():
     """The fusion's map is Grad-CAM of the fused logit at both branches' layers, per pixel,
-    summed: with the probe's stacking weight at zero it is the CNN's own map (the default model's
-    spec on the same crop), with the CNN's at zero the probe's own map (clip_probe's spec), and
+    summed: with the probe's stacking weight at zero it is the CNN's own map (cnn's spec on the
+    same crop), with the CNN's at zero the probe's own map (clip_probe's spec), and
     with both weighted, the sum of each branch's own evidence times its weight."""
     from deepfake_toolkit.explain import evidence_map
     from deepfake_toolkit.models.clip import ClipTowerConfig
@@ -107,9 +107,9 @@ def test_a_fused_models_map_adds_up_its_branches():
 
     def fused(weights: list[float]) -> Detector:
         module.stack_weight.copy_(torch.tensor(weights))
-        return detector("clip_fusion", module)
+        return detector("default", module)
 
-    cnn, probe = detector("default", module.cnn), detector("clip_probe", module.probe)
+    cnn, probe = detector("cnn", module.cnn), detector("clip_probe", module.probe)
     np.testing.assert_allclose(gradcam(fused([1.5, 0.0]), crop), gradcam(cnn, crop), atol=1e-4)
     np.testing.assert_allclose(gradcam(fused([0.0, 0.7]), crop), gradcam(probe, crop), atol=1e-4)
     cnn_map, probe_map = evidence_map(cnn, crop), evidence_map(probe, crop)
@@ -134,7 +134,7 @@ def test_explain_files_writes_overlays_and_a_table(bright_model, astronaut, tmp_
     assert read_csv(out / "explain.csv")["crop_file"].tolist()[0] == face["crop_file"]
 
 
-def test_cli_explain(tmp_path, random_default_weights, astronaut, capsys):
+def test_cli_explain(tmp_path, random_cnn_weights, astronaut, capsys):
     from deepfake_toolkit.cli import main
 
     astronaut.save(tmp_path / "face.jpg")
@@ -143,11 +143,11 @@ def test_cli_explain(tmp_path, random_default_weights, astronaut, capsys):
     assert "is a folder" in capsys.readouterr().err
     assert main(["explain", "-o", str(out), "--top", "1"]) == 2
     assert "--scores" in capsys.readouterr().err
-    assert main(["explain", str(tmp_path / "face.jpg"), "-o", str(out), "--weights-dir",
-                 str(random_default_weights)]) == 0
+    assert main(["explain", str(tmp_path / "face.jpg"), "-o", str(out), "-m", "cnn",
+                 "--weights-dir", str(random_cnn_weights)]) == 0
     assert "wrote 1 heatmaps" in capsys.readouterr().out
     table = read_csv(out / "explain.csv")
-    assert table["model"].tolist() == ["default"] and table["region"].tolist() == ["face"]
+    assert table["model"].tolist() == ["cnn"] and table["region"].tolist() == ["face"]
     assert Image.open(table["image_file"][0]).size == astronaut.size
 
 

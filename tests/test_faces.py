@@ -143,7 +143,7 @@ def test_retinaface_crops_feed_the_models(retina, astronaut, tmp_path, one_torch
 
     path = tmp_path / "astronaut.png"
     astronaut.save(path)
-    detector = load_model("default", device="cpu")
+    detector = load_model("cnn", device="cpu")
     table = classify_files([path], model=detector, num_workers=0, progress=False,
                            face_config=FaceCropConfig(detector="retinaface"))
     face = retina.detect([astronaut])[0][0]

@@ -32,8 +32,8 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> HostileFolder:
 
 
 @pytest.fixture(scope="module")
-def default_detector(random_default_weights: Path) -> Detector:
-    return load_model("default", weights_dir=random_default_weights, device="cpu")
+def default_detector(random_cnn_weights: Path) -> Detector:
+    return load_model("cnn", weights_dir=random_cnn_weights, device="cpu")
 
 
 def test_find_images_lists_every_image_named_entry_once(hostile: HostileFolder) -> None:
@@ -239,7 +239,7 @@ def test_scoring_failure_of_one_item_leaves_the_others_scored(tmp_path: Path,
     frame = classify_directory(tmp_path, model=default_detector, face_crop=False,
                                num_workers=0, progress=False)
     assert frame["label"].tolist()[0] == "error"
-    assert "scoring with default failed (RuntimeError" in frame["error"].tolist()[0]
+    assert "scoring with cnn failed (RuntimeError" in frame["error"].tolist()[0]
     assert frame["fake_score"].notna().tolist() == [False, True]
 
 

@@ -26,22 +26,22 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def detector(random_default_weights):
-    return load_model("default", weights_dir=random_default_weights, device="cpu")
+def detector(random_cnn_weights):
+    return load_model("cnn", weights_dir=random_cnn_weights, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def tiny(random_default_weights):
+def tiny(random_cnn_weights):
     """The default network at 32 px input: the same pipeline, scored many times faster."""
-    base = get_spec("default")
-    spec = dataclasses.replace(base, name="default_at_32",
+    base = get_spec("cnn")
+    spec = dataclasses.replace(base, name="cnn_at_32",
                                preprocess=dataclasses.replace(base.preprocess, input_size=32),
-                               weights=(WeightFile("default_at_32.safetensors"),))
+                               weights=(WeightFile("cnn_at_32.safetensors"),))
     register_model(spec)
-    state = load_model("default", random_default_weights).module.state_dict()
-    save_weights(spec, state, random_default_weights / "default_at_32.safetensors")
-    yield load_model("default_at_32", weights_dir=random_default_weights, device="cpu")
-    unregister_model("default_at_32")
+    state = load_model("cnn", random_cnn_weights).module.state_dict()
+    save_weights(spec, state, random_cnn_weights / "cnn_at_32.safetensors")
+    yield load_model("cnn_at_32", weights_dir=random_cnn_weights, device="cpu")
+    unregister_model("cnn_at_32")
 
 
 def _images(folder, count: int, broken: tuple[int, ...] = (), side: int = 32) -> list[str]:
@@ -146,7 +146,7 @@ def test_resume_scores_error_rows_and_changed_files_again(tiny, tmp_path):
     assert resumed.set_index("path").loc[files[2], "file_mtime"] == 10**9
 
 
-def test_resume_with_other_settings_is_refused(detector, random_default_weights, tmp_path):
+def test_resume_with_other_settings_is_refused(detector, random_cnn_weights, tmp_path):
     folder = tmp_path / "images"
     _images(folder, 3)
     out = tmp_path / "out.csv"
@@ -158,10 +158,10 @@ def test_resume_with_other_settings_is_refused(detector, random_default_weights,
     with pytest.raises(ResumeRefused, match="not recorded"):
         classify_directory(folder, detector, threshold=0.5, resume=True, **options)
 
-    cli = _cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
+    cli = _cli("classify", folder, "-o", out, "-m", "cnn", "--weights-dir", random_cnn_weights,
                "--quiet", "--no-face-crop", "--threshold", "0.5")
     assert cli.wait(timeout=600) == 0
-    refused = _cli("classify", folder, "-o", out, "--weights-dir", random_default_weights,
+    refused = _cli("classify", folder, "-o", out, "-m", "cnn", "--weights-dir", random_cnn_weights,
                    "--quiet", "--resume")
     assert refused.wait(timeout=600) == 2
     message = refused.stderr.read()
@@ -191,14 +191,14 @@ def _signal_when_rows(process: subprocess.Popen, partial, rows: int, signum: int
     process.send_signal(signum)
 
 
-def test_sigint_and_kill_leave_the_finished_rows_and_resume_completes(random_default_weights,
+def test_sigint_and_kill_leave_the_finished_rows_and_resume_completes(random_cnn_weights,
                                                                       tmp_path):
     folder = tmp_path / "images"
     # Large enough that decoding keeps the run going well past the signals.
     files = _images(folder, 60, side=800)
     out = tmp_path / "out.csv"
-    args = ["classify", folder, "-o", out, "--weights-dir", random_default_weights, "--quiet",
-            "--no-face-crop", "--batch-size", "2", "--workers", "0"]
+    args = ["classify", folder, "-o", out, "-m", "cnn", "--weights-dir", random_cnn_weights,
+            "--quiet", "--no-face-crop", "--batch-size", "2", "--workers", "0"]
 
     first = _cli(*args)
     _signal_when_rows(first, partial_path(out), 4, signal.SIGINT)   # what Ctrl+C sends

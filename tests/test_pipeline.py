@@ -16,8 +16,8 @@ from .corpus import BAD, CORPUS_MAX_PIXELS, write_corpus
 
 
 @pytest.fixture(scope="module")
-def detector(random_default_weights):
-    return load_model("default", weights_dir=random_default_weights, device="cpu")
+def detector(random_cnn_weights):
+    return load_model("cnn", weights_dir=random_cnn_weights, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -108,32 +108,32 @@ def test_threshold_and_bands_labels(detector, astronaut, tmp_path):
     assert below["label"][0] == "real" and above["label"][0] == "fake"
 
 
-def test_several_models_give_one_row_per_file_and_model(random_default_weights, astronaut,
+def test_several_models_give_one_row_per_file_and_model(random_cnn_weights, astronaut,
                                                         tmp_path):
-    base = get_spec("default")
-    small = dataclasses.replace(base, name="default_at_160",
+    base = get_spec("cnn")
+    small = dataclasses.replace(base, name="cnn_at_160",
                                 preprocess=dataclasses.replace(base.preprocess, input_size=160),
-                                weights=(WeightFile("default_at_160.safetensors"),))
+                                weights=(WeightFile("cnn_at_160.safetensors"),))
     register_model(small)
     try:
-        state = load_model("default", random_default_weights).module.state_dict()
-        save_weights(small, state, random_default_weights / "default_at_160.safetensors")
+        state = load_model("cnn", random_cnn_weights).module.state_dict()
+        save_weights(small, state, random_cnn_weights / "cnn_at_160.safetensors")
         astronaut.save(tmp_path / "a.png")
         astronaut.save(tmp_path / "b.png")
         frame = classify_files([tmp_path / "a.png", tmp_path / "b.png"],
-                               ["default", "default_at_160"], face_crop=False, progress=False,
-                               weights_dir=random_default_weights)
-        assert sorted(frame["model"]) == ["default", "default", "default_at_160",
-                                          "default_at_160"]
+                               ["cnn", "cnn_at_160"], face_crop=False, progress=False,
+                               weights_dir=random_cnn_weights)
+        assert sorted(frame["model"]) == ["cnn", "cnn", "cnn_at_160",
+                                          "cnn_at_160"]
         by_model = frame.groupby("model")["fake_score"]
         assert by_model.nunique().tolist() == [1, 1]
-        alone = classify_files([tmp_path / "a.png"], "default_at_160", face_crop=False,
-                               progress=False, weights_dir=random_default_weights)
-        assert by_model.first()["default_at_160"] == pytest.approx(alone["fake_score"][0])
-        assert by_model.first()["default"] != pytest.approx(alone["fake_score"][0], abs=1e-7)
+        alone = classify_files([tmp_path / "a.png"], "cnn_at_160", face_crop=False,
+                               progress=False, weights_dir=random_cnn_weights)
+        assert by_model.first()["cnn_at_160"] == pytest.approx(alone["fake_score"][0])
+        assert by_model.first()["cnn"] != pytest.approx(alone["fake_score"][0], abs=1e-7)
     finally:
-        unregister_model("default_at_160")
-        (random_default_weights / "default_at_160.safetensors").unlink(missing_ok=True)
+        unregister_model("cnn_at_160")
+        (random_cnn_weights / "cnn_at_160.safetensors").unlink(missing_ok=True)
 
 
 def test_stop_event_returns_partial_results(detector, tmp_path):

@@ -306,7 +306,7 @@ def test_pipeline_rows_carry_the_files_provenance(signed_files, tmp_path):
     assert off["provenance_says_ai"].isna().all()
 
 
-def test_cli_provenance_and_stability(signed_files, tmp_path, random_default_weights, capsys):
+def test_cli_provenance_and_stability(signed_files, tmp_path, random_cnn_weights, capsys):
     from deepfake_toolkit import read_csv
     from deepfake_toolkit.cli import main
 
@@ -315,8 +315,8 @@ def test_cli_provenance_and_stability(signed_files, tmp_path, random_default_wei
     (folder / "signed.jpg").write_bytes(signed_files["signed"].read_bytes())
     _pixels(4).save(folder / "camera.jpg", exif=_exif())
     out = tmp_path / "out.csv"
-    assert main(["classify", str(folder), "-o", str(out), "--weights-dir",
-                 str(random_default_weights), "--quiet", "--no-face-crop", "--stability"]) == 0
+    assert main(["classify", str(folder), "-o", str(out), "-m", "cnn", "--weights-dir",
+                 str(random_cnn_weights), "--quiet", "--no-face-crop", "--stability"]) == 0
     assert "of 2 verdicts flipped under re-encoding" in capsys.readouterr().out
     table = read_csv(out).set_index("path")
     signed = table.loc[str(folder / "signed.jpg")]

@@ -140,9 +140,9 @@ def test_several_models_share_the_first_models_region_and_keep_their_label_rules
 def test_damaged_face_crop_records_are_refused(tmp_path: Path) -> None:
     from deepfake_toolkit.models import WeightsFileError
 
-    spec = dataclasses.replace(get_spec("default"), face_crop=None)
+    spec = dataclasses.replace(get_spec("cnn"), face_crop=None)
     path = save_weights(spec, {"probe": torch.zeros(1)}, tmp_path / "w.safetensors")
-    assert _with_record(get_spec("default"), check_recorded_spec(spec, path)).face_crop is None
+    assert _with_record(get_spec("cnn"), check_recorded_spec(spec, path)).face_crop is None
     for bad in ({"margin": "x"}, {"select": "biggest"}, ["margin"], {"unknown": 1}):
         bad_spec = dataclasses.replace(spec)
         record = {**bad_spec.describe(), "face_crop": bad}
@@ -152,7 +152,7 @@ def test_damaged_face_crop_records_are_refused(tmp_path: Path) -> None:
         save_file({"probe": torch.zeros(1)}, str(target),
                   metadata={"deepfake_toolkit.spec": json.dumps(record)})
         with pytest.raises(WeightsFileError, match="face-crop settings"):
-            check_recorded_spec(get_spec("default"), target)
+            check_recorded_spec(get_spec("cnn"), target)
 
 
 # --- the same labels from every entry point --------------------------------------------------

@@ -89,8 +89,8 @@ def unweighted_model():
 
 
 @pytest.fixture(scope="module")
-def service(random_default_weights: Path, unweighted_model: str) -> DetectorService:
-    return DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0)
+def service(random_cnn_weights: Path, unweighted_model: str) -> DetectorService:
+    return DetectorService(weights_dir=random_cnn_weights, device="cpu", num_workers=0)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def client(service: DetectorService):
     return create_server(service).app.test_client()
 
 
-def payload(input_dataset: Path | str, output_file: Path | str, models: str = "default",
+def payload(input_dataset: Path | str, output_file: Path | str, models: str = "cnn",
             facecrop: str = "false", threshold: str = "") -> dict[str, Any]:
     return {"inputs": {"input_dataset": {"path": str(input_dataset)},
                        "output_file": {"path": str(output_file)}},
@@ -172,17 +172,17 @@ def test_predict_writes_the_pipelines_csv_and_leaves_inputs_alone(
     written = Path(body["path"])
     assert written.parent == tmp_path and OUTPUT_NAME.match(written.name)
     assert [p.name for p in tmp_path.iterdir()] == [written.name]
-    assert "4 images" in body["subtitle"] and "default" in body["subtitle"]
+    assert "4 images" in body["subtitle"] and "cnn" in body["subtitle"]
     assert fingerprints(folders.images) == before
 
     table = read_csv(written)
     files = find_images(folders.images)
     assert table["path"].tolist() == [str(f) for f in files]
-    assert set(table["model"]) == {"default"}
+    assert set(table["model"]) == {"cnn"}
     assert table["region"].eq("image").all() and not table["face_crop"].any()
     assert table["label"].isin(BAND_LABELS).all()
     assert table["label"].tolist() == [Bands()(s) for s in table["fake_score"]]
-    direct = classify_files(files, model=service.detector("default"), face_crop=False,
+    direct = classify_files(files, model=service.detector("cnn"), face_crop=False,
                             num_workers=0, progress=False)
     np.testing.assert_allclose(table["fake_score"], direct["fake_score"], atol=1e-9)
 
@@ -216,7 +216,7 @@ def test_facecrop_scores_the_detected_face(client, service: DetectorService, fol
     # The score is the model's score of the crop around the reported face box.
     from deepfake_toolkit.faces import crop_window
 
-    detector = service.detector("default")
+    detector = service.detector("cnn")
     image = Image.open(folders.faces / "astronaut.jpg").convert("RGB")
     crop = image.crop(crop_window(row["face_box"], image.size, detector.scoring.face))
     assert row["fake_score"] == pytest.approx(detector.predict_images([crop])[0], abs=2e-3)
@@ -228,16 +228,17 @@ def test_all_runs_installed_models_and_names_the_skipped(client, folders: Folder
                                                     models=ALL_MODELS))
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
-    # The CLIP models run where their tower is in a weight folder (make test fetches it).
-    installed = {name for name in ("clip_probe", "clip_fusion") if weights_available(name)}
-    assert set(read_csv(body["path"])["model"]) == {"default"} | installed
+    # The models with a CLIP branch run where the tower is in a weight folder (make test fetches
+    # it); cnn's weights are in the service's weight folder.
+    installed = {name for name in ("clip_probe", "default") if weights_available(name)}
+    assert set(read_csv(body["path"])["model"]) == {"cnn"} | installed
     # Other registered models without weights are skipped too, so only this entry is checked.
     assert "Skipped: " in body["subtitle"]
     assert f"{UNWEIGHTED_MODEL} (weights not installed: {UNWEIGHTED_FILE}" in body["subtitle"]
     assert UNWEIGHTED_URL in body["subtitle"]
 
 
-def test_each_model_is_loaded_once(random_default_weights: Path, folders: Folders,
+def test_each_model_is_loaded_once(random_cnn_weights: Path, folders: Folders,
                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import deepfake_toolkit.server as server_module
 
@@ -249,13 +250,13 @@ def test_each_model_is_loaded_once(random_default_weights: Path, folders: Folder
         return real_load(name, **options)
 
     monkeypatch.setattr(server_module, "load_model", counting_load)
-    fresh = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0)
+    fresh = DetectorService(weights_dir=random_cnn_weights, device="cpu", num_workers=0)
     test_client = create_server(fresh).app.test_client()
     for _ in range(2):
         response = test_client.post("/predict", json=payload(folders.other_images, tmp_path))
         assert response.status_code == 200, response.get_json()
-    assert loads == ["default"]
-    assert fresh.detector("default") is fresh.detector("default")
+    assert loads == ["cnn"]
+    assert fresh.detector("cnn") is fresh.detector("cnn")
 
 
 BadCase = Callable[[Folders], dict[str, Any]]
@@ -337,12 +338,12 @@ class RunningServer:
 
 
 @pytest.fixture(scope="module")
-def http_server(random_default_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+def http_server(random_cnn_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     """``python -m deepfake_toolkit serve`` on a free port (plus one registered model without
     weights), stopped when the module's tests are done."""
     port = _free_port()
     log = tmp_path_factory.mktemp("server-log") / "server.log"
-    env = {**os.environ, "DEEPFAKE_TOOLKIT_WEIGHTS": str(random_default_weights),
+    env = {**os.environ, "DEEPFAKE_TOOLKIT_WEIGHTS": str(random_cnn_weights),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     with log.open("w") as log_stream:
@@ -508,8 +509,8 @@ def test_unwritable_output_folder_is_400_before_anything_is_scored(
     assert re.search("cannot write the CSV into /proc|not writable", response.get_json()["error"])
 
 
-def test_more_files_than_the_limit_is_400(random_default_weights: Path, folders: Folders) -> None:
-    limited = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0,
+def test_more_files_than_the_limit_is_400(random_cnn_weights: Path, folders: Folders) -> None:
+    limited = DetectorService(weights_dir=random_cnn_weights, device="cpu", num_workers=0,
                               max_files=2)
     response = create_server(limited).app.test_client().post(
         "/predict", json=payload(folders.images, folders.bad_output))
@@ -591,14 +592,14 @@ class _SetAfterFirstLook(threading.Event):
 
 
 @pytest.mark.parametrize("stop_kind", ["before the run", "during the run"])
-def test_cancelled_run_writes_no_csv(random_default_weights: Path, folders: Folders,
+def test_cancelled_run_writes_no_csv(random_cnn_weights: Path, folders: Folders,
                                      tmp_path: Path, stop_kind: str) -> None:
     from flask_ml.flask_ml_server.models import DirectoryInput
 
     from deepfake_toolkit.server import RunCancelledError
 
     # One file a batch, so that the run is cancelled with files still to score.
-    service = DetectorService(weights_dir=random_default_weights, device="cpu", num_workers=0,
+    service = DetectorService(weights_dir=random_cnn_weights, device="cpu", num_workers=0,
                               batch_size=1)
 
     stop = _SetAfterFirstLook() if stop_kind == "during the run" else threading.Event()
@@ -607,6 +608,6 @@ def test_cancelled_run_writes_no_csv(random_default_weights: Path, folders: Fold
     inputs = {"input_dataset": DirectoryInput(path=str(folders.images)),
               "output_file": DirectoryInput(path=str(tmp_path))}
     with pytest.raises(RunCancelledError, match="cancelled"):
-        service.predict(inputs, {"models": "default", "facecrop": "false", "threshold": ""},
+        service.predict(inputs, {"models": "cnn", "facecrop": "false", "threshold": ""},
                         stop=stop)
     assert list(tmp_path.iterdir()) == []

