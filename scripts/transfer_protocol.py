@@ -26,26 +26,28 @@ the shipped CNN's logit for each face crop), so every fit below takes seconds:
    ``SELF_BLEND_CANDIDATES`` runs again as "<name>+sbi", its probe trained with the blends as
    extra fakes (weighted as one more fake folder); a LOFO fold drops the blends of the folder it
    holds out, with its reals. Validation, thresholds and stacking never see a blend.
-6. The probe candidate with the highest mean LOFO AUC, and its fusion, are fitted for
-   shipping (``CLIP_PROBE_FEATURES`` must name its feature set):
-   the probe on the training split, the stacking on the validation split; each threshold keeps
-   every real folder's validation real accuracy >= 0.80 and within that maximises balanced
-   accuracy. Written to WEIGHTS_DIR (clip_probe.safetensors; clip_fusion.safetensors, the
-   default model) with the record (clip_transfer.json).
+6. Shipping, by rules fixed before the run. ``clip_probe``: the probe candidate with the highest
+   mean LOFO AUC. ``default``: of the fused candidates that meet issue 16's ship rule (LOFO above
+   the CNN's in >= 4 of 5 fake folders, honest folds only; no fake folder's validation AUC more
+   than 0.01 below the CNN's), the one with the highest mean LOFO AUC (``--ship`` names another).
+   Each is refitted on the full split - probe on the training split, stacking on the validation
+   split - and each threshold keeps every real folder's validation real accuracy >= 0.80 and
+   within that maximises balanced accuracy. ``CLIP_PROBE_FEATURES`` must name their feature set.
+   Written to WEIGHTS_DIR (clip_probe.safetensors; clip_fusion.safetensors, the default model,
+   only when a fused candidate meets the rule) with the record (clip_transfer.json).
 
 Usage:
     python scripts/transfer_protocol.py DATA_ROOT FEATURE_DIR WEIGHTS_DIR [--groups GROUPS.csv]
         [--self-blends SB_DIR] [--fold-cnn-scores DIR] [--candidates A,B]
-        [--transfer-margin M] [--stacking logistic|transfer]
+        [--transfer-margin M] [--ship auto|CANDIDATE]
 
 ``--transfer-margin M``: the "tfusion:" candidates keep every fake folder's validation AUC at the
 CNN's plus M (transfer.fit_transfer_stacking), so that the share they choose does not sit on the
 edge of the constraint. The default, "auto", takes the smallest margin of
 transfer.TRANSFER_MARGINS whose cross-fitted AUC stays within 0.01 of the CNN's on every fake
 folder (transfer.choose_transfer_margin), chosen again wherever a stacking is fitted: on the
-validation split, and on each LOFO fold's own validation images. ``--stacking`` picks the
-shipped fusion's stacking: "logistic" (the "fusion:" candidates') or "transfer" (the "tfusion:"
-candidates', with the same margin).
+validation split, and on each LOFO fold's own validation images; the shipped "tfusion:" uses
+the same rule.
 """
 
 import argparse
@@ -111,8 +113,9 @@ def main() -> None:
     parser.add_argument("--transfer-margin", type=margin_arg, default="auto", metavar="M",
                         help="tfusion: keep every fake folder's validation AUC at the CNN's + M "
                              "(default auto: transfer.choose_transfer_margin, wherever fitted)")
-    parser.add_argument("--stacking", choices=("logistic", "transfer"), default="logistic",
-                        help="the shipped fusion's stacking (default: logistic)")
+    parser.add_argument("--ship", default="auto", metavar="CANDIDATE",
+                        help="the fused candidate written as the default model (default auto: "
+                             "of those meeting issue 16's ship rule, the highest mean LOFO)")
     args = parser.parse_args()
     candidates = ({n: CANDIDATES[n] for n in args.candidates.split(",")} if args.candidates
                   else CANDIDATES)
@@ -176,80 +179,56 @@ def main() -> None:
                     "(scripts/lofo.py --scores)"}
     results["ship_rule"] = ship_rule(results, fake_folders)
     mean_lofo = {name: float(np.mean([results["lofo"][name][f]["auc"] for f in fake_folders]))
-                 for name in probes}
-    preferred = max(mean_lofo, key=mean_lofo.get)
-    print(f"mean LOFO AUC per candidate: {json.dumps(mean_lofo)}; preferred: {preferred}")
-    shipped_features = probes[preferred]
-    shipped_blends = preferred.endswith("+sbi")
-    if shipped_features != CLIP_PROBE_FEATURES:
-        print(f"NOTE: the heads are fitted on {preferred}, which LOFO prefers; set "
-              f"CLIP_PROBE_FEATURES = {shipped_features!r} in deepfake_toolkit/models/clip.py "
-              "or they will not load")
+                 for name in results["lofo"] if name != "cnn"}
+    preferred = max(probes, key=mean_lofo.get)
+    ship = args.ship if args.ship != "auto" else shipped_fusion(results["ship_rule"], mean_lofo)
+    print(f"mean LOFO AUC per candidate: {json.dumps(mean_lofo)}; preferred probe: {preferred}; "
+          f"default model: {ship or 'none meets the ship rule'}", flush=True)
+    if ship is not None and ship not in mean_lofo:
+        raise SystemExit(f"--ship {ship}: not a candidate of this run")
+    fusion_probe = ship.split(":", 1)[1] if ship else None
+    for name in filter(None, (preferred, fusion_probe)):
+        if probes[name] != CLIP_PROBE_FEATURES:
+            print(f"NOTE: {name} is fitted on {probes[name]}; set CLIP_PROBE_FEATURES = "
+                  f"{probes[name]!r} in deepfake_toolkit/models/clip.py or it will not load")
 
-    # The shipped probe and fusion, on the features LOFO preferred.
+    # clip_probe: the probe LOFO prefers, fitted on the training split.
     labels = table["label"].to_numpy()
     sources = table["source"].to_numpy()
-    x = feature_matrix(arrays, shipped_features)
-    train = ~is_val
-    x_train, train_table = x[train], table[train][["label", "source"]]
-    if shipped_blends:
-        x_blends, blend_rows = blends.training_rows(shipped_features)
-        x_train = np.concatenate([x_train, x_blends])
-        train_table = pd.concat([train_table, blend_rows], ignore_index=True)
-    head = fit_probe(x_train, train_table["label"].to_numpy(), balanced_weights(train_table),
-                     PROBE_C)
-    probe_logit = head.logit(x)
+
+    def fit_shipped_probe(name: str):
+        """The probe of candidate ``name`` on the training split (and its blends), and its
+        logit for every image."""
+        x = feature_matrix(arrays, probes[name])
+        x_train, train_table = x[~is_val], table[~is_val][["label", "source"]]
+        if name.endswith("+sbi"):
+            x_blends, blend_rows = blends.training_rows(probes[name])
+            x_train = np.concatenate([x_train, x_blends])
+            train_table = pd.concat([train_table, blend_rows], ignore_index=True)
+        fitted = fit_probe(x_train, train_table["label"].to_numpy(),
+                           balanced_weights(train_table), PROBE_C)
+        return fitted, fitted.logit(x)
+
+    head, probe_logit = fit_shipped_probe(preferred)
     probe_threshold = threshold_with_real_floor(sigmoid(probe_logit[is_val]), labels[is_val],
                                                 sources[is_val])
     out = Path(args.weights_dir)
     probe_spec = get_spec("clip_probe")
     probe_spec = dataclasses.replace(probe_spec, threshold=round(probe_threshold, 4),
                                      extra={**probe_spec.extra, "C": PROBE_C,
-                                            "features": list(shipped_features),
-                                            "self_blends": bool(shipped_blends)})
+                                            "features": list(probes[preferred]),
+                                            "self_blends": preferred.endswith("+sbi")})
     save_weights(probe_spec, head_state_dict(head), out / probe_spec.weights[0].filename)
-
-    cnn_logit = arrays["cnn_logit"].astype(np.float64)
-    z = np.stack([cnn_logit, probe_logit], 1)
-    cnn_share, margin = None, None
-    if args.stacking == "transfer":
-        # The same fit, "auto" margin included, as the "tfusion:" candidates'.
-        stack_w, stack_b, facts = _transfer_stacking(z[is_val], table[is_val],
-                                                     args.transfer_margin)
-        cnn_share, margin = facts["cnn_share"], facts["margin"]
-    else:
-        stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
-                                        balanced_weights(table[is_val]))
-    fused = sigmoid(z @ stack_w + stack_b)
-    fusion_threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
-    cnn_state = load_safetensors(PROJECT_WEIGHTS / CNN_WEIGHTS)
-    state = {f"cnn.{k}": v for k, v in cnn_state.items()}
-    state.update(head_state_dict(head, prefix="probe."))
-    state["stack_weight"] = torch.tensor(stack_w, dtype=torch.float32)
-    state["stack_bias"] = torch.tensor([stack_b], dtype=torch.float32)
-    fusion_spec = get_spec("default")
-    fusion_spec = dataclasses.replace(
-        fusion_spec, threshold=round(fusion_threshold, 4),
-        extra={**fusion_spec.extra, "features": list(shipped_features),
-               "stacking": args.stacking, "cnn_share": cnn_share, "transfer_margin": margin,
-               "stack_weight": [float(v) for v in stack_w],
-               "stack_bias": stack_b})
-    save_weights(fusion_spec, state, out / fusion_spec.weights[0].filename)
-
     val_table = table[is_val].reset_index(drop=True)
     shipped = {
-        "clip_probe": {"candidate": preferred, "features": list(shipped_features), "C": PROBE_C,
-                       "self_blends": bool(shipped_blends),
+        "clip_probe": {"candidate": preferred, "features": list(probes[preferred]), "C": PROBE_C,
+                       "self_blends": preferred.endswith("+sbi"),
                        "threshold": probe_threshold,
                        "validation_in_sample_threshold": folder_table(
-                           sigmoid(probe_logit[is_val]), val_table, probe_threshold)},
-        "default": {"stacking": args.stacking, "cnn_share": cnn_share,
-                    "transfer_margin": margin,
-                    "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b,
-                    "threshold": fusion_threshold,
-                    "validation_in_sample_stacking": folder_table(
-                        fused[is_val], val_table, fusion_threshold)},
-    }
+                           sigmoid(probe_logit[is_val]), val_table, probe_threshold)}}
+    if ship is not None:
+        shipped["default"] = write_fusion(ship, fit_shipped_probe(fusion_probe), arrays, table,
+                                          is_val, args.transfer_margin, out)
     record = {
         "protocol": __doc__,
         "data": {"images_with_features": len(table), "labelled_images": len(every),
@@ -262,6 +241,7 @@ def main() -> None:
         "transfer_margin": args.transfer_margin,
         "mean_lofo_auc": mean_lofo,
         "lofo_preferred": preferred,
+        "default_model": ship,
         "results": results,
         "shipped": shipped,
         "seconds": time.perf_counter() - started,
@@ -269,6 +249,50 @@ def main() -> None:
     (out / "clip_transfer.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
     print(markdown_tables(record, preferred))
     print(f"wrote {out / 'clip_transfer.json'} ({time.perf_counter() - started:.0f} s)")
+
+
+def shipped_fusion(rule: dict, mean_lofo: dict) -> str | None:
+    """The default model's candidate, by the rule fixed before the run: of the fused candidates
+    that meet issue 16's ship rule, the one with the highest mean LOFO AUC (None if none does)."""
+    met = [name for name in rule if name.startswith(FUSIONS) and rule[name]["met"]]
+    return max(met, key=mean_lofo.get) if met else None
+
+
+def write_fusion(name: str, probe: tuple, arrays: dict, table: pd.DataFrame, is_val: np.ndarray,
+                 transfer_margin: float | str, out: Path) -> dict:
+    """Fit the fused candidate ``name`` for shipping - its stacking ("fusion:" logistic,
+    "tfusion:" transfer-weighted with its margin) on the validation split, its threshold by the
+    real-photo floor - and write it as the default model (the shipped CNN's copy, the probe head,
+    the stacking); returns its record."""
+    head, probe_logit = probe
+    labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
+    z = np.stack([arrays["cnn_logit"].astype(np.float64), probe_logit], 1)
+    stacking = "transfer" if name.startswith("tfusion:") else "logistic"
+    cnn_share, margin = None, None
+    if stacking == "transfer":
+        # The same fit, "auto" margin included, as the "tfusion:" candidates'.
+        stack_w, stack_b, facts = _transfer_stacking(z[is_val], table[is_val], transfer_margin)
+        cnn_share, margin = facts["cnn_share"], facts["margin"]
+    else:
+        stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
+                                        balanced_weights(table[is_val]))
+    fused = sigmoid(z @ stack_w + stack_b)
+    threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
+    features = name.split(":", 1)[1].removesuffix("+sbi")
+    state = {f"cnn.{k}": v for k, v in load_safetensors(PROJECT_WEIGHTS / CNN_WEIGHTS).items()}
+    state.update(head_state_dict(head, prefix="probe."))
+    state["stack_weight"] = torch.tensor(stack_w, dtype=torch.float32)
+    state["stack_bias"] = torch.tensor([stack_b], dtype=torch.float32)
+    facts = {"candidate": name, "stacking": stacking, "cnn_share": cnn_share,
+             "transfer_margin": margin, "probe_self_blends": name.endswith("+sbi"),
+             "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b}
+    spec = get_spec("default")
+    spec = dataclasses.replace(spec, threshold=round(threshold, 4),
+                               extra={**spec.extra, "features": list(CANDIDATES[features]),
+                                      **facts})
+    save_weights(spec, state, out / spec.weights[0].filename)
+    return {**facts, "threshold": threshold, "validation_in_sample_stacking": folder_table(
+        fused[is_val], table[is_val].reset_index(drop=True), threshold)}
 
 
 def margin_arg(value: str) -> float | str:
