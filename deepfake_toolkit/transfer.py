@@ -167,6 +167,41 @@ def choose_transfer_margin(logits: np.ndarray, table: pd.DataFrame, tolerance: f
     return float(margins[-1])
 
 
+FUSIONS = ("fusion:", "tfusion:")
+"""Prefixes of the fused candidates: stacking fitted in family (fusion), and leaning on the probe
+as far as no fake folder's in-family AUC drops below the CNN's (tfusion, transfer-weighted)."""
+
+
+def ship_rule(results: Mapping[str, Any], fake_folders: Sequence[str]) -> dict[str, dict]:
+    """Issue 16's rule for a new default, per candidate of :func:`run_protocol`'s ``results``:
+    LOFO AUC above the CNN's in >= 4 of the fake folders, and no fake folder's validation AUC more
+    than 0.01 below the CNN's on the same images. A fusion fold counts only when honest (its
+    folder in ``results["fusion_lofo_honest"]``: its CNN retrained without the folder); 4 honest
+    wins meet the rule whatever the other folds give."""
+    rule = {}
+    honest = set(results.get("fusion_lofo_honest", ()))
+    cnn_lofo, cnn_val = results["lofo"]["cnn"], results["validation"]["cnn"]
+    for name, folds in results["lofo"].items():
+        if name == "cnn":
+            continue
+        counted = [f for f in fake_folders if not name.startswith(FUSIONS) or f in honest]
+        wins = [f for f in counted if folds[f]["auc"] > cnn_lofo[f]["auc"]]
+        loss = max(cnn_val[f]["auc"] - results["validation"][name][f]["auc"]
+                   for f in fake_folders)
+        rule[name] = {"lofo_wins": wins, "largest_validation_loss": loss,
+                      "met": len(wins) >= 4 and loss <= 0.01,
+                      "lofo_folds_counted": counted,
+                      "lofo_complete": len(counted) == len(fake_folders)}
+    return rule
+
+
+def shipped_fusion(rule: Mapping[str, dict], mean_lofo: Mapping[str, float]) -> str | None:
+    """The default model's candidate, by the rule fixed before the run: of the fused candidates
+    that meet :func:`ship_rule`, the one with the highest mean LOFO AUC (None if none does)."""
+    met = [name for name in rule if name.startswith(FUSIONS) and rule[name]["met"]]
+    return max(met, key=mean_lofo.get) if met else None
+
+
 def balanced_weights(table: pd.DataFrame) -> np.ndarray:
     """Each class half the weight, each source folder an equal share of its class (as training)."""
     return _balanced_weights(table.reset_index(drop=True))

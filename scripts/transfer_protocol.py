@@ -66,6 +66,7 @@ from deepfake_toolkit.models.cnn import CNN_WEIGHTS
 from deepfake_toolkit.models.weights import PROJECT_WEIGHTS, load_safetensors
 from deepfake_toolkit.train import find_labelled_images, read_groups
 from deepfake_toolkit.transfer import (
+    FUSIONS,
     SelfBlends,
     assign_split,
     balanced_weights,
@@ -78,6 +79,8 @@ from deepfake_toolkit.transfer import (
     head_state_dict,
     load_feature_cache,
     run_protocol,
+    ship_rule,
+    shipped_fusion,
     sigmoid,
     threshold_with_real_floor,
 )
@@ -89,9 +92,6 @@ CANDIDATES = {
     "cls6+cls9+pooled": ("cls6", "cls9", "pooled"),
 }
 SELF_BLEND_CANDIDATES = tuple(CANDIDATES)
-FUSIONS = ("fusion:", "tfusion:")
-"""Prefixes of the fused candidates: stacking fitted in family (fusion), and leaning on the probe
-as far as no fake folder's in-family AUC drops below the CNN's (tfusion, transfer-weighted)."""
 PROBE_C = 0.1
 
 
@@ -251,13 +251,6 @@ def main() -> None:
     print(f"wrote {out / 'clip_transfer.json'} ({time.perf_counter() - started:.0f} s)")
 
 
-def shipped_fusion(rule: dict, mean_lofo: dict) -> str | None:
-    """The default model's candidate, by the rule fixed before the run: of the fused candidates
-    that meet issue 16's ship rule, the one with the highest mean LOFO AUC (None if none does)."""
-    met = [name for name in rule if name.startswith(FUSIONS) and rule[name]["met"]]
-    return max(met, key=mean_lofo.get) if met else None
-
-
 def write_fusion(name: str, probe: tuple, arrays: dict, table: pd.DataFrame, is_val: np.ndarray,
                  transfer_margin: float | str, out: Path) -> dict:
     """Fit the fused candidate ``name`` for shipping - its stacking ("fusion:" logistic,
@@ -298,28 +291,6 @@ def write_fusion(name: str, probe: tuple, arrays: dict, table: pd.DataFrame, is_
 def margin_arg(value: str) -> float | str:
     """--transfer-margin: a number, or "auto"."""
     return value if value == "auto" else float(value)
-
-
-def ship_rule(results: dict, fake_folders: list[str]) -> dict:
-    """Issue 16's rule per candidate: LOFO AUC above the CNN's in >= 4 of 5 fake folders, and no
-    fake folder's validation AUC more than 0.01 below the CNN's on the same images. A fusion fold
-    counts only when honest (its CNN retrained without the folder); 4 honest wins meet the rule
-    whatever the fifth fold gives."""
-    rule = {}
-    for name, folds in results["lofo"].items():
-        if name == "cnn":
-            continue
-        # A fusion fold counts only where its CNN was retrained without the folder.
-        counted = (fake_folders if not name.startswith(FUSIONS)
-                   else [f for f in fake_folders if f in results.get("fusion_lofo_honest", ())])
-        wins = [f for f in counted if folds[f]["auc"] > results["lofo"]["cnn"][f]["auc"]]
-        comparable = len(counted) == len(fake_folders)
-        losses = {f: results["validation"]["cnn"][f]["auc"] - results["validation"][name][f]["auc"]
-                  for f in fake_folders}
-        rule[name] = {"lofo_wins": wins, "largest_validation_loss": max(losses.values()),
-                      "met": len(wins) >= 4 and max(losses.values()) <= 0.01,
-                      "lofo_folds_counted": counted, "lofo_complete": comparable}
-    return rule
 
 
 def markdown_tables(record: dict, preferred: str) -> str:

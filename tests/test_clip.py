@@ -30,6 +30,8 @@ from deepfake_toolkit.transfer import (
     LinearHead,
     fit_probe,
     head_state_dict,
+    ship_rule,
+    shipped_fusion,
     threshold_with_real_floor,
 )
 
@@ -417,6 +419,48 @@ def test_transfer_stacking_takes_the_smallest_cnn_share_that_keeps_every_folder(
     assert with_margin > share
     _, _, unreachable = fit_transfer_stacking(logits, table, best + 0.5)
     assert unreachable == min(s for s, gain in gains.items() if gain == best)
+
+
+def test_ship_rule_and_the_default_it_picks():
+    """Issue 16's rule on hand-made results: 4 LOFO wins of 5 (a fusion fold counts only when
+    honest) and no fake folder's validation AUC more than 0.01 below the CNN's; the default is
+    the fused candidate that meets it with the highest mean LOFO."""
+    folders = ["a", "b", "c", "d", "e"]
+
+    def per_folder(*aucs):
+        return {f: {"auc": v} for f, v in zip(folders, aucs)}
+
+    results = {
+        "fusion_lofo_honest": ["a", "b", "c", "d"],  # e's fusion folds are only a bound
+        "lofo": {"cnn": per_folder(.5, .5, .5, .5, .5),
+                 "probe": per_folder(.6, .6, .6, .6, .4),            # 4 wins, no loss: met
+                 "fusion:probe": per_folder(.6, .6, .6, .4, .9),     # 3 honest wins: not met
+                 "tfusion:probe": per_folder(.7, .7, .7, .7, .1),    # 4 honest wins: met
+                 "tfusion:wide": per_folder(.9, .9, .9, .9, .9),     # loses 0.011 in family
+                 "fusion:wide": per_folder(.55, .55, .55, .55, .9)},
+        "validation": {"cnn": per_folder(.9, .9, .9, .9, .9),
+                       "probe": per_folder(.9, .9, .9, .9, .9),
+                       "fusion:probe": per_folder(.95, .95, .95, .95, .95),
+                       "tfusion:probe": per_folder(.9, .891, .9, .9, .9),
+                       "tfusion:wide": per_folder(.9, .9, .889, .9, .9),
+                       "fusion:wide": per_folder(.9, .9, .9, .9, .9)}}
+    rule = ship_rule(results, folders)
+    assert {name: r["met"] for name, r in rule.items()} == {
+        "probe": True, "fusion:probe": False, "tfusion:probe": True, "tfusion:wide": False,
+        "fusion:wide": True}
+    assert rule["fusion:probe"]["lofo_wins"] == ["a", "b", "c"]
+    assert rule["fusion:probe"]["lofo_folds_counted"] == ["a", "b", "c", "d"]
+    assert rule["probe"]["lofo_complete"] and not rule["tfusion:probe"]["lofo_complete"]
+    assert rule["tfusion:wide"]["largest_validation_loss"] == pytest.approx(0.011)
+    mean = {name: np.mean([v["auc"] for v in folds.values()])
+            for name, folds in results["lofo"].items()}
+    # tfusion:probe (mean 0.58) against fusion:wide (0.62): the higher mean of those that meet
+    # the rule; tfusion:wide's 0.9 does not count, nor does the probe, which is not fused.
+    assert shipped_fusion(rule, mean) == "fusion:wide"
+    rule["fusion:wide"]["met"] = False
+    assert shipped_fusion(rule, mean) == "tfusion:probe"
+    rule["tfusion:probe"]["met"] = False
+    assert shipped_fusion(rule, mean) is None
 
 
 def test_threshold_keeps_every_real_folder_at_the_floor():
