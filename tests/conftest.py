@@ -58,6 +58,14 @@ def no_face_image() -> Image.Image:
     return Image.fromarray(data.coffee())
 
 
+def rows_written(path: Path) -> int:
+    """Rows a CSV holds so far, its header not counted (0 while it does not exist)."""
+    try:
+        return max(0, path.read_bytes().count(b"\n") - 1)
+    except OSError:
+        return 0
+
+
 @pytest.fixture(scope="session")
 def random_cnn_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding a randomly initialised checkpoint of the CNN (``cnn``), saved by the

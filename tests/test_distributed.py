@@ -27,6 +27,8 @@ from deepfake_toolkit.distributed import RayEngineError, _end_half_started_ray, 
 from deepfake_toolkit.output import partial_path
 from deepfake_toolkit.results import read_table, restore_types
 
+from .conftest import rows_written
+
 RAY_PROCESSES = ("raylet", "gcs_server")
 ray_timeout = pytest.mark.timeout(240, method="signal")
 
@@ -256,14 +258,6 @@ def test_cli_on_a_running_cluster_writes_the_local_table_and_leaves_the_cluster_
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _data_rows(path: Path) -> int:
-    """Rows written so far to a CSV (its header not counted)."""
-    try:
-        return max(0, path.read_bytes().count(b"\n") - 1)
-    except OSError:
-        return 0
-
-
 @ray_timeout
 def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut, tmp_path):
     folder = tmp_path / "many"
@@ -281,7 +275,7 @@ def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut,
         # Ctrl+C once rows reach the partial output: the run is scoring. (A Ctrl+C in the first
         # second of Ray Data's start can end in Ray's own exit, status 1: not what this checks.)
         deadline = time.monotonic() + 180
-        while _data_rows(partial_path(out)) < 1:
+        while rows_written(partial_path(out)) < 1:
             assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.05)
         assert ray_processes(temp_dir), "the run's own Ray is not running"

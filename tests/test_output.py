@@ -21,6 +21,8 @@ from deepfake_toolkit.models import WeightFile, get_spec, register_model, save_w
 from deepfake_toolkit.output import ResumeRefused, partial_path, record_path
 from deepfake_toolkit.results import COLUMNS, read_csv, read_table
 
+from .conftest import rows_written
+
 KEY = ["path", "model"]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -177,15 +179,8 @@ def _cli(*args) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _rows_in(path) -> int:
-    try:
-        return max(0, path.read_bytes().count(b"\n") - 1)
-    except OSError:
-        return 0
-
-
 def _signal_when_rows(process: subprocess.Popen, partial, rows: int, signum: int) -> None:
-    while _rows_in(partial) < rows:
+    while rows_written(partial) < rows:
         assert process.poll() is None, process.stderr.read()
         time.sleep(0.02)
     process.send_signal(signum)
