@@ -52,6 +52,7 @@ the same rule.
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -72,8 +73,8 @@ from deepfake_toolkit.transfer import (
     balanced_weights,
     feature_matrix,
     fit_probe,
+    _logistic_stacking,
     _transfer_stacking,
-    fit_stacking,
     fold_cnn_auc,
     folder_table,
     head_state_dict,
@@ -227,8 +228,10 @@ def main() -> None:
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)}}
     if ship is not None:
-        shipped["default"] = write_fusion(ship, fit_shipped_probe(fusion_probe), arrays, table,
-                                          is_val, args.transfer_margin, out)
+        probe = ((head, probe_logit) if fusion_probe == preferred
+                 else fit_shipped_probe(fusion_probe))
+        shipped["default"] = write_fusion(ship, probe, arrays, table, is_val, args.transfer_margin,
+                                          out)
     record = {
         "protocol": __doc__,
         "data": {"images_with_features": len(table), "labelled_images": len(every),
@@ -261,14 +264,11 @@ def write_fusion(name: str, probe: tuple, arrays: dict, table: pd.DataFrame, is_
     labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
     z = np.stack([arrays["cnn_logit"].astype(np.float64), probe_logit], 1)
     stacking = "transfer" if name.startswith("tfusion:") else "logistic"
-    cnn_share, margin = None, None
-    if stacking == "transfer":
-        # The same fit, "auto" margin included, as the "tfusion:" candidates'.
-        stack_w, stack_b, facts = _transfer_stacking(z[is_val], table[is_val], transfer_margin)
-        cnn_share, margin = facts["cnn_share"], facts["margin"]
-    else:
-        stack_w, stack_b = fit_stacking(z[is_val], labels[is_val],
-                                        balanced_weights(table[is_val]))
+    # The same fits, "auto" margin included, as the candidates' in run_protocol.
+    fit = (functools.partial(_transfer_stacking, margin=transfer_margin)
+           if stacking == "transfer" else _logistic_stacking)
+    stack_w, stack_b, fit_facts = fit(z[is_val], table[is_val])
+    cnn_share, margin = fit_facts.get("cnn_share"), fit_facts.get("margin")
     fused = sigmoid(z @ stack_w + stack_b)
     threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
     features = name.split(":", 1)[1].removesuffix("+sbi")
