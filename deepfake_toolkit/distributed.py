@@ -43,7 +43,7 @@ from PIL import Image
 from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
-from .models.loading import load_strict
+from .models.loading import load_strict, set_precision
 from .output import ResultFile, check_writable, open_result_file
 from .pipeline import (
     ClassificationInterrupted,
@@ -251,8 +251,8 @@ class _ScoreStage:
         torch.set_num_threads(1)
         resolved = torch.device(device)
         # ``models`` holds one object reference, wrapped so that Ray does not resolve it early.
-        self.detectors = [_rebuild_detector(spec, state, path, resolved)
-                          for spec, state, path in ray.get(models[0])]
+        self.detectors = [_rebuild_detector(spec, state, path, resolved, precision)
+                          for spec, state, path, precision in ray.get(models[0])]
         self.policies = policies
         self.transform_index = shared_transforms(self.detectors)[1]
         self.batch_size = batch_size
@@ -274,11 +274,14 @@ class _ScoreStage:
 
 
 def _rebuild_detector(spec, state: dict[str, torch.Tensor], weights_path: Path,
-                      device: torch.device) -> Detector:
+                      device: torch.device, precision: str) -> Detector:
+    """The driver's detector in an actor, computing in the precision the driver's run records
+    (whatever this worker's hardware would pick), so that every row is scored alike."""
     module = spec.build()
     load_strict(module, state, f"{weights_path} for model '{spec.name}'")
     module.to(device, memory_format=spec.memory_format).eval()
-    return Detector(spec=spec, module=module, device=device, weights_path=weights_path)
+    return Detector(spec=spec, module=module, device=device, weights_path=weights_path,
+                    precision=set_precision(module, precision))
 
 
 def _items_to_columns(items: list[_Item], n_transforms: int):
@@ -421,7 +424,7 @@ def _score_dataset(dataset, detectors: list[Detector], policies: list[Scoring], 
                        model_actors)
     transforms = shared_transforms(detectors)[0]
     payload = ray.put([(d.spec, {k: v.detach().cpu() for k, v in d.module.state_dict().items()},
-                        d.weights_path) for d in detectors])
+                        d.weights_path, d.precision) for d in detectors])
 
     paths = dataset.select_columns([path_column])
     if path_column != "path":

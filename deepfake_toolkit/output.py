@@ -86,7 +86,7 @@ def run_fingerprint(
     """
     record = {
         "models": [{"name": d.name, "weights_sha256": _file_sha256(d.weights_path),
-                    "scoring": policy.describe()}
+                    "precision": d.precision, "scoring": policy.describe()}
                    for d, policy in zip(models, policies)],
         "max_pixels": max_pixels,
         "provenance": provenance,

@@ -156,6 +156,9 @@ def test_resume_with_other_settings_is_refused(detector, random_cnn_weights, tmp
     classify_directory(folder, detector, threshold=0.5, **options)
     with pytest.raises(ResumeRefused, match="user_threshold was 0.5, now 0.7"):
         classify_directory(folder, detector, threshold=0.7, resume=True, **options)
+    reduced = dataclasses.replace(detector, precision="bfloat16")
+    with pytest.raises(ResumeRefused, match='precision was "float32", now "bfloat16"'):
+        classify_directory(folder, reduced, threshold=0.5, resume=True, **options)
     record_path(out).unlink()
     with pytest.raises(ResumeRefused, match="not recorded"):
         classify_directory(folder, detector, threshold=0.5, resume=True, **options)

@@ -3,8 +3,10 @@
 from . import bnext, clip, cnn, fusion, vit  # noqa: F401  (register the built-in models)
 from .install import import_weights
 from .loading import (
+    PRECISIONS,
     DeviceUnavailableError,
     Detector,
+    PrecisionError,
     WeightsMismatchError,
     load_model,
     resolve_device,
@@ -32,6 +34,8 @@ __all__ = [
     "DeviceUnavailableError",
     "HeatmapLayer",
     "ModelSpec",
+    "PRECISIONS",
+    "PrecisionError",
     "Preprocess",
     "UnknownModelError",
     "WeightFile",

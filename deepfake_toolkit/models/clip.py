@@ -131,6 +131,10 @@ class ClipVisionTower(nn.Module):
         self.layers = nn.ModuleList(_Block(c) for _ in range(c.layers))
         self.post_layernorm = nn.LayerNorm(c.width, eps=c.eps)
         self.visual_projection = nn.Linear(c.width, c.embed_dim, bias=False)
+        self.compute_dtype = torch.float32
+        """float32, or bfloat16 to run the blocks under autocast (see
+        :func:`deepfake_toolkit.models.loading.resolve_precision`); outputs are float32 either way.
+        Training and feature extraction keep float32, the reference every probe is fitted on."""
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every feature a probe may read.
@@ -140,16 +144,19 @@ class ClipVisionTower(nn.Module):
             class token after the post-LayerNorm, (N, width); "embeds": the projected image
             embedding (not unit-normalised), (N, embed_dim).
         """
-        patches = self.patch_embedding(x).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(patches.dtype)
-        h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self.position_embedding)
-        per_layer = []
-        for block in self.layers:
-            h = block(h)
-            per_layer.append(h[:, 0])
-        pooled = self.post_layernorm(h[:, 0])
-        return {"cls": torch.stack(per_layer, dim=1), "pooled": pooled,
-                "embeds": self.visual_projection(pooled)}
+        reduced = self.compute_dtype != torch.float32
+        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=reduced):
+            patches = self.patch_embedding(x).flatten(2).transpose(1, 2)
+            cls = self.class_embedding.expand(x.shape[0], 1, -1).to(patches.dtype)
+            h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self.position_embedding)
+            per_layer = []
+            for block in self.layers:
+                h = block(h)
+                per_layer.append(h[:, 0])
+            pooled = self.post_layernorm(h[:, 0])
+            embeds = self.visual_projection(pooled)
+        return {"cls": torch.stack(per_layer, dim=1).float(), "pooled": pooled.float(),
+                "embeds": embeds.float()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The projected image embedding (what the ONNX graph's ``image_embeds`` output is)."""

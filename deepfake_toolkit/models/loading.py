@@ -67,6 +67,9 @@ class Detector:
     module: torch.nn.Module
     device: torch.device
     weights_path: Path
+    precision: str = "float32"
+    """What the module computes in: "float32", or "bfloat16" where it has parts that run in
+    reduced precision (the CLIP tower) and they do (see :func:`resolve_precision`)."""
 
     @property
     def name(self) -> str:
@@ -99,10 +102,78 @@ class Detector:
         return self.predict(torch.stack([transform(image) for image in images]))
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISION_ENV = "DEEPFAKE_TOOLKIT_PRECISION"
+"""Environment variable that sets :func:`load_model`'s default precision (one of
+:data:`PRECISIONS`), for every entry point and worker process at once."""
+
+
+class PrecisionError(ValueError):
+    """A precision that is not one of :data:`PRECISIONS`."""
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products in hardware: a CUDA GPU that
+    supports it, or an x86 CPU with AVX512-BF16 or AMX (where oneDNN runs them about 3x faster
+    than float32; without them bfloat16 is emulated and slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str | None, device: torch.device) -> str:
+    """The precision a model's reduced-precision parts run in.
+
+    float32 is the default: it gives the same scores on every machine, to about 1e-6. bfloat16
+    runs the CLIP tower about 2-3x faster on hardware that computes it natively, and moves
+    scores a little (measured on 517 validation faces with ``default``: median 0.001, 99th
+    percentile 0.06, largest 0.15; 7 labels of 517 changed, AUC 0.956 against 0.957).
+
+    Args:
+        requested: "float32", "bfloat16", "auto" (bfloat16 where :func:`native_bfloat16`, else
+            float32), or None for ``$DEEPFAKE_TOOLKIT_PRECISION`` (default float32).
+
+    Raises:
+        PrecisionError: Not one of :data:`PRECISIONS`.
+    """
+    if requested is None:
+        requested = os.environ.get(PRECISION_ENV, "").strip().lower() or "float32"
+    if requested not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {requested!r} (from ${PRECISION_ENV} or "
+                             f"precision=): use one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return requested
+
+
+def set_precision(module: torch.nn.Module, precision: str) -> str:
+    """Make the parts of ``module`` that can run in reduced precision (those with a
+    ``compute_dtype``: the CLIP tower) run in ``precision``.
+
+    Returns:
+        The precision the module now computes in: ``precision``, or "float32" when no part of it
+        has a reduced-precision mode (the CNN, BNext and ViT always compute in float32).
+    """
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
+    parts = [m for m in module.modules() if hasattr(m, "compute_dtype")]
+    for part in parts:
+        part.compute_dtype = dtype
+    return precision if parts else "float32"
+
+
 def load_model(
     name: str = "default",
     weights_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "auto",
+    precision: str | None = None,
 ) -> Detector:
     """Build model ``name`` and load its weights for inference.
 
@@ -111,6 +182,10 @@ def load_model(
         weights_dir: Folder searched first for weight files (then $DEEPFAKE_TOOLKIT_WEIGHTS, then
             the project's weights/).
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        precision: What the CLIP tower of the models that have one computes in: "float32",
+            "bfloat16" (faster, scores move a little: see :func:`resolve_precision`) or "auto"
+            (bfloat16 where the device computes it natively, see :func:`native_bfloat16`);
+            None reads ``$DEEPFAKE_TOOLKIT_PRECISION`` (default float32).
 
     Returns:
         A :class:`Detector` in eval mode on ``device``.
@@ -122,15 +197,19 @@ def load_model(
             wrong shapes or types, or it records a different preprocessing than the spec).
         WeightsFileError: The weight file cannot be read, is damaged (values that are not
             numbers, bad recorded metadata) or was refused as unsafe.
+        PrecisionError: ``precision`` (or the environment variable) is not one of
+            :data:`PRECISIONS`.
     """
     spec = get_spec(name)
     resolved = resolve_device(device)
+    computes = resolve_precision(precision, resolved)
     path = find_weight_file(spec.weights[0], spec.name, weights_dir)
     spec, state_dict = read_weights(spec, path)
     module = spec.build()
     load_strict(module, state_dict, f"{path} for model '{spec.name}'")
     module.to(resolved, memory_format=spec.memory_format).eval()
-    return Detector(spec=spec, module=module, device=resolved, weights_path=path)
+    return Detector(spec=spec, module=module, device=resolved, weights_path=path,
+                    precision=set_precision(module, computes))
 
 
 def read_weights(spec: ModelSpec, path: str | os.PathLike[str]
