@@ -38,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepfake_toolkit import FaceCropConfig, FaceCropper, classify_files
 from deepfake_toolkit.images import find_images, load_image
-from deepfake_toolkit.models import load_model
+from deepfake_toolkit.models import PRECISIONS, load_model
+from deepfake_toolkit.models.loading import PRECISION_ENV
 from deepfake_toolkit.pipeline import default_workers
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1].parent / "shared/data/faces-train"
@@ -335,8 +336,14 @@ def main() -> None:
     parser.add_argument("--skip-model", action="store_true", help="no CNN-only figures")
     parser.add_argument("--model", default="default",
                         help="the model of the pipeline and stage figures (default: default)")
+    parser.add_argument("--precision", choices=PRECISIONS[1:] + PRECISIONS[:1],
+                        help="what the CLIP tower computes in (default: float32, or "
+                             f"${PRECISION_ENV}; see the README's 'Precision')")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if args.precision:
+        os.environ[PRECISION_ENV] = args.precision
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
+          f"precision {os.environ.get(PRECISION_ENV) or 'float32'}")
     if not args.skip_model:
         model_figures(args.device, args.repeats)
     if not args.images.is_dir():
