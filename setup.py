@@ -13,7 +13,7 @@ from setuptools.command.build_py import build_py
 
 SHIPPED_WEIGHTS = ("deepfake_toolkit_default.safetensors", "deepfake_toolkit_default.json",
                    "MODEL_CARD.md", "clip_probe.safetensors", "clip_fusion.safetensors",
-                   "clip_transfer.json", "MODEL_CARD_CLIP.md")
+                   "clip_pair.safetensors", "clip_transfer.json", "MODEL_CARD_CLIP.md")
 
 
 class BuildWithData(build_py):

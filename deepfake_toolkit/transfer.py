@@ -85,8 +85,8 @@ TRANSFER_SHARE_GRID = np.round(np.arange(0.0, 1.0001, 0.05), 2)
 """The CNN shares :func:`fit_transfer_stacking` tries, smallest first."""
 
 
-def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float = 0.0
-                          ) -> tuple[np.ndarray, float, float]:
+def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float = 0.0,
+                          floor: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """A stacking that leans on the branch that transfers, chosen on validation images alone.
 
     The branch logits (column 0 the CNN, column 1 the probe) are z-scored on ``table``'s images and
@@ -100,6 +100,10 @@ def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float
     chosen on; ``margin`` > 0 keeps it away from that edge. Where no share reaches the margin on
     every folder, the share whose worst folder gains most over the CNN is taken.
 
+    ``floor`` (per fake folder, as :func:`fake_folder_aucs` orders them) replaces column 0's own
+    AUCs as what every folder must keep: a pair of probes (column 0 the one strong in family,
+    column 1 the one that transfers) held to the CNN's AUCs, issue 16's in-family rule.
+
     Returns:
         The stacking weights and bias on the raw logits (so the fused logit is
         ``logits @ weights + bias``, as for :func:`fit_stacking`), and the CNN share chosen.
@@ -110,7 +114,7 @@ def fit_transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float
     mean, std = logits.mean(axis=0), logits.std(axis=0) + 1e-12
     z = (logits - mean) / std
     aucs = functools.partial(fake_folder_aucs, table=table)
-    cnn_aucs = aucs(z[:, 0])
+    cnn_aucs = aucs(z[:, 0]) if floor is None else np.asarray(floor, dtype=np.float64)
     worst_gain = np.array([(aucs(c * z[:, 0] + (1.0 - c) * z[:, 1]) - cnn_aucs).min()
                            for c in TRANSFER_SHARE_GRID])
     keeps = np.flatnonzero(worst_gain >= margin - 1e-9)
@@ -151,14 +155,15 @@ def choose_transfer_margin(logits: np.ndarray, table: pd.DataFrame, tolerance: f
 
     Every margin is cross-fitted on ``table``'s images (5 folds by group: each image scored by a
     stacking chosen without it); the first whose every fake folder's AUC stays within
-    ``tolerance`` of the CNN's (column 0) is taken, or the largest margin if none does. This is
-    issue 16's in-family rule (no folder more than 0.01 below the CNN), applied where the choice
-    is made: on validation images, inside every leave-one-folder-out fold too.
+    ``tolerance`` of the CNN's (column 0; with three columns, the reference in column 2, see
+    :func:`_transfer_stacking`) is taken, or the largest margin if none does. This is issue 16's
+    in-family rule (no folder more than 0.01 below the CNN), applied where the choice is made: on
+    validation images, inside every leave-one-folder-out fold too.
     """
     logits = np.asarray(logits, dtype=np.float64)
     table = table.reset_index(drop=True)
     every = np.ones(len(table), dtype=bool)
-    floor = fake_folder_aucs(logits[:, 0], table) - tolerance
+    floor = fake_folder_aucs(logits[:, 2 if logits.shape[1] == 3 else 0], table) - tolerance
     for margin in margins:
         fused = _fit_stack_crossfitted(logits, table, every,
                                        fit=functools.partial(_transfer_stacking, margin=margin))
@@ -167,9 +172,11 @@ def choose_transfer_margin(logits: np.ndarray, table: pd.DataFrame, tolerance: f
     return float(margins[-1])
 
 
-FUSIONS = ("fusion:", "tfusion:")
-"""Prefixes of the fused candidates: stacking fitted in family (fusion), and leaning on the probe
-as far as no fake folder's in-family AUC drops below the CNN's (tfusion, transfer-weighted)."""
+FUSIONS = ("fusion:", "tfusion:", "pair:")
+"""Prefixes of the fused candidates: stacking fitted in family (fusion), leaning on the probe as
+far as no fake folder's in-family AUC drops below the CNN's (tfusion, transfer-weighted), and two
+probes stacked the same way, held to the CNN's in-family AUCs, with no CNN in the score (pair)."""
+PAIR = FUSIONS[2]
 
 
 def ship_rule(results: Mapping[str, Any], fake_folders: Sequence[str]) -> dict[str, dict]:
@@ -195,10 +202,12 @@ def ship_rule(results: Mapping[str, Any], fake_folders: Sequence[str]) -> dict[s
     return rule
 
 
-def shipped_fusion(rule: Mapping[str, dict], mean_lofo: Mapping[str, float]) -> str | None:
+def shipped_fusion(rule: Mapping[str, dict], mean_lofo: Mapping[str, float],
+                   kinds: Sequence[str] = FUSIONS) -> str | None:
     """The default model's candidate, by the rule fixed before the run: of the fused candidates
-    that meet :func:`ship_rule`, the one with the highest mean LOFO AUC (None if none does)."""
-    met = [name for name in rule if name.startswith(FUSIONS) and rule[name]["met"]]
+    (those whose names start with one of ``kinds``) that meet :func:`ship_rule`, the one with the
+    highest mean LOFO AUC (None if none does)."""
+    met = [name for name in rule if name.startswith(tuple(kinds)) and rule[name]["met"]]
     return max(met, key=mean_lofo.get) if met else None
 
 
@@ -405,11 +414,11 @@ def _probe_scores(x: np.ndarray, table: pd.DataFrame, train: np.ndarray, c: floa
 
 
 def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: np.ndarray,
-                 candidates: Mapping[str, Sequence[str]], c: float = 0.1,
+                 candidates: Mapping[str, Sequence[str]], c: float | Mapping[str, float] = 0.1,
                  log=print, self_blends: SelfBlends | None = None,
                  self_blend_candidates: Sequence[str] = (),
                  fold_cnn: Mapping[str, pd.DataFrame] | None = None,
-                 transfer_margin: float | str = "auto") -> dict[str, Any]:
+                 transfer_margin: float | str = "auto", pair: bool = False) -> dict[str, Any]:
     """Grouped validation and leave-one-folder-out for every probe candidate, the CNN and fusion.
 
     For each candidate feature set and each fake folder F: the probe is refitted on the training
@@ -431,7 +440,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         arrays: Cached features (see :func:`load_feature_cache`).
         is_val: Validation mask (grouped; see :func:`assign_split`).
         candidates: Name -> feature names.
-        c: Probe regularisation.
+        c: Probe regularisation (scikit-learn's ``C`` on standardised features), or candidate
+            name -> its own ``C`` (a "+sbi" run takes its candidate's).
         self_blends: Self-blends of training-split reals (None: no "+sbi" candidates).
         self_blend_candidates: Which candidates also run with self-blends.
         fold_cnn: Fake folder -> the scores of a CNN trained without it (``scripts/lofo.py
@@ -440,6 +450,12 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         transfer_margin: The "tfusion:" candidates' margin over the CNN's per-folder AUC (see
             :func:`fit_transfer_stacking`), or "auto": chosen wherever the stacking is fitted
             (:func:`choose_transfer_margin`; in every LOFO fold on that fold's validation).
+        pair: Also run "pair:<anchor>|<transfer>": the probe best in family (highest mean
+            validation AUC over the fake folders) and the probe that transfers best (highest mean
+            LOFO AUC), transfer-stacked (:func:`fit_transfer_stacking`) with the smallest share
+            of the first at which every fake folder keeps the CNN's validation AUC; no CNN in
+            the score. Its folds reuse the two probes' folds (and each fold's CNN as the
+            reference).
 
     Returns:
         JSON-ready results: "validation" and "lofo" per candidate (and "cnn", "fusion:<name>").
@@ -460,14 +476,17 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         results["validation"][name] = folder_table(scores[is_val], val_table, threshold)
 
     transfer = functools.partial(_transfer_stacking, margin=transfer_margin)
+    probe_logits: dict[str, np.ndarray] = {}
+    fold_logits: dict[str, dict[str, tuple]] = {}
     validate("cnn", cnn)
     runs = [(name, features, False) for name, features in candidates.items()]
     if self_blends is not None:
         runs += [(f"{name}+sbi", candidates[name], True) for name in self_blend_candidates]
     for name, features, with_blends in runs:
+        probe_c = c[name.removesuffix("+sbi")] if isinstance(c, Mapping) else c
         x = feature_matrix(arrays, features)
         extra = self_blends.training_rows(features) if with_blends else None
-        head, logits = _probe_scores(x, table, ~is_val, c, extra)
+        head, logits = _probe_scores(x, table, ~is_val, probe_c, extra)
         validate(name, logits)
         if self_blends is not None and not with_blends:
             blend_scores = sigmoid(head.logit(self_blends.training_rows(features)[0]))
@@ -490,14 +509,14 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             train = ~is_val & ~out
             val = is_val & ~out
             extra_f = self_blends.training_rows(features, exclude=folder) if with_blends else None
-            _, logits_f = _probe_scores(x, table, train, c, extra_f)
+            _, logits_f = _probe_scores(x, table, train, probe_c, extra_f)
             real_val = val & (labels == 0)
             folds[folder] = held_out_auc(sigmoid(logits_f[out]), table[out],
                                          sigmoid(logits_f[real_val]))
             if fold_cnn is not None and folder in fold_cnn:
                 # One probe per fold serves both stackings; the fold CNN's split replaces ours.
                 z, val, out = _honest_fold_logits(
-                    x, table, folder, fold_cnn[folder], c,
+                    x, table, folder, fold_cnn[folder], probe_c,
                     self_blends.training_rows if with_blends else None, features)
                 note = HONEST_FOLD_NOTE
             else:
@@ -505,6 +524,8 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             for target, fit in ((fused_folds, _logistic_stacking),
                                 (transfer_folds, transfer)):
                 target[folder] = _fused_fold(z, table, val, out, fit, note)
+            fold_logits.setdefault(name, {})[folder] = (z, val, out, note)
+        probe_logits[name] = logits
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
         results["lofo"][f"tfusion:{name}"] = transfer_folds
@@ -512,7 +533,39 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
             f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
             if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}"
                                                   for k, v in folds.items()))
+    if pair:
+        _run_pair(results, table, is_val, cnn, probe_logits, fold_logits, fake_folders,
+                  transfer, validate, log)
     return results
+
+
+def _run_pair(results: dict, table: pd.DataFrame, is_val: np.ndarray, cnn: np.ndarray,
+              probe_logits: Mapping[str, np.ndarray], fold_logits: Mapping[str, dict],
+              fake_folders: Sequence[str], transfer, validate, log) -> None:
+    """The pair candidate (see :func:`run_protocol`): validated cross-fitted, and a LOFO fold per
+    folder from the two probes' own folds (the CNN of each fold as the reference)."""
+    def mean_auc(part: str, name: str) -> float:
+        return float(np.mean([results[part][name][f]["auc"] for f in fake_folders]))
+
+    anchor = max(probe_logits, key=functools.partial(mean_auc, "validation"))
+    transfers = max(probe_logits, key=functools.partial(mean_auc, "lofo"))
+    results["pair"] = {"anchor": anchor, "transfer": transfers}
+    if anchor == transfers:
+        log(f"pair: {anchor} is both the best in family and the best LOFO: no pair")
+        return
+    name = f"{PAIR}{anchor}|{transfers}"
+    validate(name, _fit_stack_crossfitted(
+        np.stack([probe_logits[anchor], probe_logits[transfers], cnn], 1), table, is_val,
+        fit=transfer))
+    folds = {}
+    for folder in fake_folders:
+        z, val, out, note = fold_logits[anchor][folder]
+        z3 = np.stack([z[:, 1], fold_logits[transfers][folder][0][:, 1], z[:, 0]], 1)
+        folds[folder] = _fused_fold(z3, table, val, out, transfer, note)
+    results["lofo"][name] = folds
+    log(f"{name}: validation AUC " + ", ".join(
+        f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
+        if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in folds.items()))
 
 
 def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
@@ -587,9 +640,17 @@ def _logistic_stacking(logits: np.ndarray, table: pd.DataFrame
 def _transfer_stacking(logits: np.ndarray, table: pd.DataFrame, margin: float | str = 0.0
                        ) -> tuple[np.ndarray, float, dict]:
     """:func:`fit_transfer_stacking` with ``margin``, or, "auto", the margin
-    :func:`choose_transfer_margin` picks on these images."""
+    :func:`choose_transfer_margin` picks on these images.
+
+    Two columns: the CNN and a probe. Three: a pair of probes (the one strong in family, the one
+    that transfers) and, in column 2, the CNN as the reference whose per-folder AUCs they must
+    keep; it gets weight 0 (the pair's "cnn_share" is the first probe's share)."""
     if margin == "auto":
         margin = choose_transfer_margin(logits, table)
+    if logits.shape[1] == 3:
+        floor = fake_folder_aucs(logits[:, 2], table.reset_index(drop=True))
+        w, b, share = fit_transfer_stacking(logits[:, :2], table, margin, floor)
+        return np.append(w, 0.0), b, {"cnn_share": share, "margin": margin}
     w, b, share = fit_transfer_stacking(logits, table, margin)
     return w, b, {"cnn_share": share, "margin": margin}
 

@@ -1,5 +1,5 @@
-"""Record clip_probe's and the default model's (the fusion's) scores on the offline reference photos
-into their record.
+"""Record the CLIP models' scores (clip_probe, cnn_clip_fusion and the default, the probe pair) on
+the offline reference photos into their record.
 
 The photos are scikit-image's samples saved as PNG (astronaut, coffee, chelsea, camera), scored by
 ``classify_files`` with the face crop on, as for the CNN; tests/test_clip.py checks
@@ -32,7 +32,7 @@ def main(weights_dir: str) -> None:
             Image.fromarray(getattr(data, name)()).save(path)
             paths.append(path)
         scores = {}
-        for model in ("clip_probe", "default"):
+        for model in ("clip_probe", "cnn_clip_fusion", "default"):
             frame = classify_files(paths, model, weights_dir=weights_dir, progress=False,
                                    num_workers=0, device="cpu")
             scores[model] = {Path(p).stem: {"fake_score": round(float(s), 5), "region": r}

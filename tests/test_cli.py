@@ -65,7 +65,7 @@ def test_missing_weights_exit_2_naming_file_and_folders(tmp_path, monkeypatch, c
     status = cli.main(["classify", str(tmp_path), "-o", str(tmp_path / "o.csv"), "--quiet"])
     err = capsys.readouterr().err
     assert status == 2
-    assert "clip_fusion.safetensors" in err and str(empty) in err
+    assert "clip_pair.safetensors" in err and str(empty) in err
     assert not (tmp_path / "o.csv").exists()
 
 

@@ -587,7 +587,7 @@ def _clip_record() -> dict:
 
 @pytest.mark.skipif(_real_tower() is None or "reference_scores" not in _clip_record(),
                     reason="the CLIP tower is not in a weight folder (or no recorded scores)")
-@pytest.mark.parametrize("model", ["clip_probe", "default"])
+@pytest.mark.parametrize("model", ["clip_probe", "cnn_clip_fusion", "default"])
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_shipped_clip_models_give_their_recorded_reference_scores(model, precision, tmp_path):
     """The shipped heads, loaded through the registry with the real tower, score the offline
@@ -684,3 +684,121 @@ def test_cli_precision_reaches_the_model_and_is_recorded(tmp_path, astronaut):
                   env_extra={"DEEPFAKE_TOOLKIT_PRECISION": "half"})
     assert bad.returncode == 2 and "unknown precision 'half'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_probe_pair_round_trips_through_the_recorded_spec(tiny_clip, tmp_path):
+    """The default's kind of model, two probe heads on one tower: saved with save_weights and
+    loaded through the registry, its score equals the stacking applied to each head's logit
+    computed separately (LinearHead on features taken from the tower)."""
+    from deepfake_toolkit.models.pair import PAIR_SPEC, ProbePair
+
+    config = build_tower_from_file(tiny_clip["fp32"]).config
+    anchor_features, transfer_features = ("cls2", "embeds"), ("embeds",)
+    rng = np.random.default_rng(2)
+    heads = {}
+    for name, width in (("anchor", 32 + 16), ("transfer", 16)):
+        heads[name] = LinearHead(rng.normal(size=width), rng.uniform(0.5, 2, size=width),
+                                 rng.normal(size=width), float(rng.normal()))
+    state = {**head_state_dict(heads["anchor"], prefix="anchor."),
+             **head_state_dict(heads["transfer"], prefix="transfer."),
+             "stack_weight": torch.tensor([0.4, 1.1]), "stack_bias": torch.tensor([0.25])}
+    spec = dataclasses.replace(PAIR_SPEC, name="tiny_pair", threshold=0.6123,
+                               build=lambda: ProbePair(anchor_features, transfer_features, config))
+    folder = tmp_path / "weights"
+    save_weights(spec, state, folder / spec.weights[0].filename)
+    (folder / CLIP_TOWER_WEIGHTS.filename).write_bytes(tiny_clip["int8"].read_bytes())
+    register_model(spec)
+    try:
+        detector = load_model("tiny_pair", weights_dir=folder, device="cpu")
+    finally:
+        unregister_model("tiny_pair")
+    assert detector.spec.threshold == pytest.approx(0.6123)
+    x = torch.rand(3, 3, 224, 224)
+    with torch.no_grad():
+        features = build_tower_from_file(tiny_clip["int8"]).forward_features(x)
+    logit_a = heads["anchor"].logit(select_features(features, anchor_features).double().numpy())
+    logit_t = heads["transfer"].logit(select_features(features, transfer_features).double()
+                                      .numpy())
+    expected = 1 / (1 + np.exp(-(0.4 * logit_a + 1.1 * logit_t + 0.25)))
+    np.testing.assert_allclose(detector.predict(x), expected, atol=1e-4)
+
+
+def test_a_pair_file_with_other_head_features_is_refused(tmp_path):
+    from deepfake_toolkit.models import WeightsMismatchError
+    from deepfake_toolkit.models.pair import PAIR_SPEC, load_pair
+
+    spec = dataclasses.replace(PAIR_SPEC, extra={**PAIR_SPEC.extra,
+                                                 "anchor_features": ["cls3", "embeds"]})
+    path = save_weights(spec, {"stack_bias": torch.zeros(1)}, tmp_path / "pair.safetensors")
+    with pytest.raises(WeightsMismatchError, match="anchor head was fitted on CLIP features "
+                                                   "cls3\\+embeds"):
+        load_pair(str(path))
+
+
+def test_pair_stacking_keeps_every_folder_at_the_reference_and_leans_on_the_transfer_probe():
+    """With three columns (a probe strong in family, a probe that transfers, the CNN), the
+    transfer stacking mixes the two probes with the smallest share of the first at which every
+    fake folder's AUC (scikit-learn's) stays at the CNN's; the CNN gets no weight. A share one
+    grid step smaller loses a folder; the share is below 1, so the transfer probe counts."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake_toolkit.transfer import TRANSFER_SHARE_GRID, _transfer_stacking
+
+    rng = np.random.default_rng(4)
+    rows = [(s, label) for s in ("a", "b") for label in (0, 1) for _ in range(150)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    y = table["label"].to_numpy()
+    strong = rng.normal(size=len(y)) + 3.0 * y
+    weak = rng.normal(size=len(y)) + 0.8 * y
+    cnn = rng.normal(size=len(y)) + 1.5 * y
+    logits = np.stack([strong, weak, cnn], 1)
+    w, b, facts = _transfer_stacking(logits, table, margin=0.0)
+    share = facts["cnn_share"]
+    assert w[2] == 0.0 and 0.0 < share < 1.0
+
+    def worst_gain(s: float) -> float:
+        z = (logits[:, :2] - logits[:, :2].mean(0)) / logits[:, :2].std(0)
+        mix = s * z[:, 0] + (1 - s) * z[:, 1]
+        return min(roc_auc_score(y[m], mix[m]) - roc_auc_score(y[m], cnn[m])
+                   for m in ((table["source"] == f).to_numpy() for f in ("a", "b")))
+
+    fused = logits @ w + b
+    for folder in ("a", "b"):
+        m = (table["source"] == folder).to_numpy()
+        assert roc_auc_score(y[m], fused[m]) >= roc_auc_score(y[m], cnn[m]) - 1e-12
+    smaller = TRANSFER_SHARE_GRID[np.searchsorted(TRANSFER_SHARE_GRID, share) - 1]
+    assert worst_gain(share) >= 0 > worst_gain(smaller)
+
+
+def test_protocol_pair_takes_the_best_in_family_and_the_best_transferring_probe():
+    """run_protocol(pair=True) adds "pair:<anchor>|<transfer>": the anchor is the candidate with
+    the highest mean validation AUC, the transfer probe the one with the highest mean LOFO AUC,
+    and every fake folder has a LOFO fold stacked on that fold's validation images."""
+    import pandas as pd
+
+    from deepfake_toolkit.transfer import run_protocol
+
+    rng = np.random.default_rng(5)
+    rows = [(s, label) for s, n_real, n_fake in (("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
+            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
+    table = pd.DataFrame(rows, columns=["source", "label"])
+    table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    y = table["label"].to_numpy()
+    fake_a = (table["source"] == "a").to_numpy() & (y == 1)
+    # "family" separates each fake folder by its own direction (strong in family, no
+    # transfer); "shared" by one direction common to all fakes (weaker, but it transfers).
+    family = rng.normal(size=(len(y), 4))
+    family[fake_a, 0] += 3.0
+    family[(y == 1) & ~fake_a, 1] += 3.0
+    shared = rng.normal(size=(len(y), 4)) + 1.0 * y[:, None]
+    arrays = {"pooled": family, "embeds": shared, "cnn_logit": rng.normal(size=len(y)) + y}
+    is_val = np.arange(len(y)) % 3 == 0
+    results = run_protocol(table, arrays, is_val, {"pooled": ("pooled",), "embeds": ("embeds",)},
+                           log=lambda _: None, pair=True)
+    assert results["pair"] == {"anchor": "pooled", "transfer": "embeds"}
+    name = "pair:pooled|embeds"
+    assert set(results["lofo"][name]) == {"a", "b"}
+    assert results["lofo"][name]["a"]["stack_weight"][2] == 0.0
+    assert 0.0 <= results["lofo"][name]["a"]["cnn_share"] <= 1.0
+    assert results["validation"][name]["all"]["auc"] > 0.5

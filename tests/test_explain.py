@@ -107,7 +107,7 @@ def test_a_fused_models_map_adds_up_its_branches():
 
     def fused(weights: list[float]) -> Detector:
         module.stack_weight.copy_(torch.tensor(weights))
-        return detector("default", module)
+        return detector("cnn_clip_fusion", module)
 
     cnn, probe = detector("cnn", module.cnn), detector("clip_probe", module.probe)
     np.testing.assert_allclose(gradcam(fused([1.5, 0.0]), crop), gradcam(cnn, crop), atol=1e-4)

@@ -29,7 +29,8 @@ def test_wheel_installed_outside_the_checkout_classifies_with_the_default_model(
                    capture_output=True)
     wheel = next(wheels.glob("deepfake_toolkit-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for shipped in ("clip_fusion.safetensors", "deepfake_toolkit_default.safetensors",
+    for shipped in ("clip_pair.safetensors", "clip_fusion.safetensors",
+                    "deepfake_toolkit_default.safetensors",
                     "MODEL_CARD.md", "MODEL_CARD_CLIP.md"):
         assert f"deepfake_toolkit/weights/{shipped}" in names
     assert "deepfake_toolkit/notebooks/02_explore.ipynb" in names

@@ -230,7 +230,8 @@ def test_all_runs_installed_models_and_names_the_skipped(client, folders: Folder
     body = response.get_json()
     # The models with a CLIP branch run where the tower is in a weight folder (make test fetches
     # it); cnn's weights are in the service's weight folder.
-    installed = {name for name in ("clip_probe", "default") if weights_available(name)}
+    installed = {name for name in ("clip_probe", "cnn_clip_fusion", "default")
+                 if weights_available(name)}
     assert set(read_csv(body["path"])["model"]) == {"cnn"} | installed
     # Other registered models without weights are skipped too, so only this entry is checked.
     assert "Skipped: " in body["subtitle"]

@@ -1,6 +1,6 @@
 """Model registry, specs and loading. Importing this package registers every built-in model."""
 
-from . import bnext, clip, cnn, fusion, vit  # noqa: F401  (register the built-in models)
+from . import bnext, clip, cnn, fusion, pair, vit  # noqa: F401  (register the built-in models)
 from .install import import_weights
 from .loading import (
     PRECISIONS,

@@ -1,4 +1,5 @@
-"""The toolkit's ``default`` detector: the CNN (``cnn``) and the CLIP probe, stacked.
+"""``cnn_clip_fusion``: the CNN (``cnn``) and the CLIP probe, stacked (the ``default`` detector
+from 2026-12-02 until the probe pair of :mod:`.pair` replaced it the same day).
 
 Both detectors score the same face crop; the fused logit is ``a * cnn_logit + b * clip_logit + c``
 with ``a, b, c`` fitted on validation images that neither detector was trained on (class-balanced
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .clip import CLIP_MEAN, CLIP_PROBE_FEATURES, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
+from .clip import CLIP_MEAN, CLIP_STD, CLIP_TOWER_WEIGHTS, ClipProbe, \
     ClipTowerConfig, check_recorded_features, find_tower, probe_heatmap_layers, tower_state_dict
 from .cnn import build_cnn, last_conv_stage
 from .registry import register_model
@@ -21,6 +22,9 @@ from .spec import HeatmapLayer, ModelSpec, Preprocess, WeightFile
 from .weights import load_safetensors
 
 FUSION_WEIGHTS = "clip_fusion.safetensors"
+
+FUSION_PROBE_FEATURES = ("embeds",)
+"""What the fusion's probe head reads (as the shipping run of the protocol chose it)."""
 
 
 class FusedDetector(nn.Module):
@@ -30,7 +34,7 @@ class FusedDetector(nn.Module):
     CLIP's mean/std for the probe.
     """
 
-    def __init__(self, features: tuple[str, ...] = CLIP_PROBE_FEATURES,
+    def __init__(self, features: tuple[str, ...] = FUSION_PROBE_FEATURES,
                  config: ClipTowerConfig | None = None) -> None:
         super().__init__()
         self.cnn = build_cnn()
@@ -58,9 +62,9 @@ class FusedDetector(nn.Module):
 
 def load_fusion(path: str) -> dict[str, torch.Tensor]:
     """The fusion file (CNN, probe head, stacking) plus the CLIP tower found beside it."""
-    check_recorded_features(path, CLIP_PROBE_FEATURES)
+    check_recorded_features(path, FUSION_PROBE_FEATURES)
     state = load_safetensors(path)
-    return {**state, **tower_state_dict(find_tower(path, "default"), prefix="probe.tower.")}
+    return {**state, **tower_state_dict(find_tower(path, "cnn_clip_fusion"), prefix="probe.tower.")}
 
 
 def fusion_heatmap_layers(module: FusedDetector) -> tuple[HeatmapLayer, ...]:
@@ -71,11 +75,11 @@ def fusion_heatmap_layers(module: FusedDetector) -> tuple[HeatmapLayer, ...]:
 
 def build_fusion() -> FusedDetector:
     """The registered fusion's module, no weights loaded."""
-    return FusedDetector(CLIP_PROBE_FEATURES)
+    return FusedDetector(FUSION_PROBE_FEATURES)
 
 
 FUSION_SPEC = register_model(ModelSpec(
-    name="default",
+    name="cnn_clip_fusion",
     description="The CNN (cnn) + the CLIP probe, stacked and calibrated on validation scores",
     build=build_fusion,
     load_state_dict=load_fusion,
@@ -90,6 +94,6 @@ FUSION_SPEC = register_model(ModelSpec(
     ),
     extra={"architecture": "EfficientNet-Lite0 (cnn) + CLIP ViT-B/16 linear probe, "
                            "logistic-regression stacking of their logits",
-           "features": list(CLIP_PROBE_FEATURES)},
+           "features": list(FUSION_PROBE_FEATURES)},
     explain_layers=fusion_heatmap_layers,
 ))
