@@ -142,6 +142,19 @@ def test_tower_is_found_in_the_wheel_and_missing_says_how_to_get_it(tiny_clip, t
         find_weight_file(CLIP_TOWER_WEIGHTS, "clip_probe", tmp_path)
 
 
+def _saved_and_loaded(spec, state: dict, tiny_clip, tmp_path):
+    """``state`` saved for ``spec`` beside the tiny INT8 tower, loaded back through the registry
+    (the spec registered for the load only)."""
+    folder = tmp_path / "weights"
+    save_weights(spec, state, folder / spec.weights[0].filename)
+    (folder / CLIP_TOWER_WEIGHTS.filename).write_bytes(tiny_clip["int8"].read_bytes())
+    register_model(spec)
+    try:
+        return load_model(spec.name, weights_dir=folder, device="cpu")
+    finally:
+        unregister_model(spec.name)
+
+
 def test_probe_threshold_and_fusion_round_trip_through_the_recorded_spec(tiny_clip, tmp_path):
     """A fused detector saved with save_weights loads back through the registry with its
     threshold and stacking, and its score equals the stacking applied to each branch's own
@@ -160,19 +173,11 @@ def test_probe_threshold_and_fusion_round_trip_through_the_recorded_spec(tiny_cl
     state["stack_bias"] = torch.tensor([-0.2])
     spec = dataclasses.replace(FUSION_SPEC, name="tiny_fusion", threshold=0.4321,
                                build=lambda: FusedDetector(features, tower_config))
-    folder = tmp_path / "weights"
-    save_weights(spec, state, folder / spec.weights[0].filename)
-    (folder / CLIP_TOWER_WEIGHTS.filename).write_bytes(tiny_clip["int8"].read_bytes())
-    register_model(spec)
-    try:
-        detector = load_model("tiny_fusion", weights_dir=folder, device="cpu")
-    finally:
-        unregister_model("tiny_fusion")
+    detector = _saved_and_loaded(spec, state, tiny_clip, tmp_path)
     assert detector.spec.threshold == pytest.approx(0.4321)
     x = torch.rand(3, 3, 224, 224)
     with torch.no_grad():
-        cnn = module.cnn.load_state_dict({k[4:]: v for k, v in state.items()
-                                          if k.startswith("cnn.")})
+        module.cnn.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("cnn.")})
         cnn_logit = module.cnn.eval()((x - 0.5) / 0.5).reshape(-1).double().numpy()
         tower = build_tower_from_file(tiny_clip["int8"])
         clip_x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(
@@ -704,14 +709,7 @@ def test_probe_pair_round_trips_through_the_recorded_spec(tiny_clip, tmp_path):
              "stack_weight": torch.tensor([0.4, 1.1]), "stack_bias": torch.tensor([0.25])}
     spec = dataclasses.replace(PAIR_SPEC, name="tiny_pair", threshold=0.6123,
                                build=lambda: ProbePair(anchor_features, transfer_features, config))
-    folder = tmp_path / "weights"
-    save_weights(spec, state, folder / spec.weights[0].filename)
-    (folder / CLIP_TOWER_WEIGHTS.filename).write_bytes(tiny_clip["int8"].read_bytes())
-    register_model(spec)
-    try:
-        detector = load_model("tiny_pair", weights_dir=folder, device="cpu")
-    finally:
-        unregister_model("tiny_pair")
+    detector = _saved_and_loaded(spec, state, tiny_clip, tmp_path)
     assert detector.spec.threshold == pytest.approx(0.6123)
     x = torch.rand(3, 3, 224, 224)
     with torch.no_grad():
