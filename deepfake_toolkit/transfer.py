@@ -529,10 +529,7 @@ def run_protocol(table: pd.DataFrame, arrays: Mapping[str, np.ndarray], is_val: 
         results["lofo"][name] = folds
         results["lofo"][f"fusion:{name}"] = fused_folds
         results["lofo"][f"tfusion:{name}"] = transfer_folds
-        log(f"{name}: validation AUC " + ", ".join(
-            f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
-            if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}"
-                                                  for k, v in folds.items()))
+        log(_summary(name, results["validation"][name], folds))
     if pair:
         _run_pair(results, table, is_val, cnn, probe_logits, fold_logits, fake_folders,
                   transfer, validate, log)
@@ -563,9 +560,14 @@ def _run_pair(results: dict, table: pd.DataFrame, is_val: np.ndarray, cnn: np.nd
         z3 = np.stack([z[:, 1], fold_logits[transfers][folder][0][:, 1], z[:, 0]], 1)
         folds[folder] = _fused_fold(z3, table, val, out, transfer, note)
     results["lofo"][name] = folds
-    log(f"{name}: validation AUC " + ", ".join(
-        f"{k} {v.get('auc', float('nan')):.3f}" for k, v in results["validation"][name].items()
-        if "auc" in v) + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in folds.items()))
+    log(_summary(name, results["validation"][name], folds))
+
+
+def _summary(name: str, validation: Mapping[str, dict], folds: Mapping[str, dict]) -> str:
+    """One candidate's validation and LOFO AUCs on one line, for the protocol's log."""
+    return (f"{name}: validation AUC " + ", ".join(
+        f"{k} {v['auc']:.3f}" for k, v in validation.items() if "auc" in v)
+        + " | LOFO " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in folds.items()))
 
 
 def honest_fusion_fold(x: np.ndarray, table: pd.DataFrame, folder: str, fold: pd.DataFrame,
