@@ -386,11 +386,13 @@ class ClipProbe(nn.Module):
         return self.head_logit(select_features(self.tower.forward_features(x), self.features))
 
 
-def probe_heatmap_layers(module: ClipProbe) -> tuple[HeatmapLayer, ...]:
+def probe_heatmap_layers(module: nn.Module) -> tuple[HeatmapLayer, ...]:
     """The heatmap layer of a probe: the first LayerNorm of the deepest block its features read
     (the last block for the embedding or pooled token), its 14 x 14 patch tokens after the class
     token. The class token a probe reads is made from the patch tokens by that block's attention;
-    at the block's output the patch tokens no longer reach it."""
+    at the block's output the patch tokens no longer reach it. ``module`` is a
+    :class:`ClipProbe` or anything with its ``tower`` and ``features`` (the pair of
+    :mod:`.pair`)."""
     blocks = module.tower.layers
     depth = max(len(blocks) if name in ("embeds", "pooled") else int(name[3:])
                 for name in module.features)

@@ -22,11 +22,12 @@ from .clip import (
     ClipVisionTower,
     check_recorded_features,
     find_tower,
+    probe_heatmap_layers,
     select_features,
     tower_state_dict,
 )
 from .registry import register_model
-from .spec import HeatmapLayer, ModelSpec, WeightFile
+from .spec import ModelSpec, WeightFile
 from .weights import load_safetensors
 
 PAIR_WEIGHTS = "clip_pair.safetensors"
@@ -85,15 +86,6 @@ class ProbePair(nn.Module):
         return (self.branch_logits(x) @ self.stack_weight + self.stack_bias).unsqueeze(1)
 
 
-def pair_heatmap_layers(module: ProbePair) -> tuple[HeatmapLayer, ...]:
-    """The first LayerNorm of the deepest block either head reads (the last block when one reads
-    the embedding), its patch tokens after the class token (as for ``clip_probe``)."""
-    blocks = module.tower.layers
-    depth = max(len(blocks) if name in ("embeds", "pooled") else int(name[3:])
-                for name in module.features)
-    return (HeatmapLayer(blocks[depth - 1].layer_norm1, prefix_tokens=1),)
-
-
 def load_pair(path: str) -> dict[str, torch.Tensor]:
     """The pair file (both heads, the stacking) plus the CLIP tower found beside it.
 
@@ -139,5 +131,6 @@ PAIR_SPEC = register_model(ModelSpec(
            "features": list(PAIR_ANCHOR_FEATURES + PAIR_TRANSFER_FEATURES),
            "anchor_features": list(PAIR_ANCHOR_FEATURES),
            "transfer_features": list(PAIR_TRANSFER_FEATURES)},
-    explain_layers=pair_heatmap_layers,
+    # clip_probe's layer rule, on every feature either head reads (``ProbePair.features``).
+    explain_layers=probe_heatmap_layers,
 ))
