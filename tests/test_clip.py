@@ -202,18 +202,25 @@ def test_probe_head_matches_scikit_learn_and_separates_what_it_can():
 
 
 
-def test_protocol_with_self_blends_drops_a_held_out_folders_blends():
-    """run_protocol's "+sbi" candidates train on self-blends as one more fake folder; a
-    leave-one-folder-out fold drops the blends made from the folder it holds out."""
+def _toy_table(*folders: tuple[str, int, int]):
+    """A labelled table of (source, n_real, n_fake) folders, one row per image, with a
+    "relative" path per row (as find_labelled_images gives)."""
     import pandas as pd
 
-    from deepfake_toolkit.transfer import SELF_BLEND_SOURCE, SelfBlends, run_protocol
-
-    rng = np.random.default_rng(0)
-    rows = [(s, label) for s, n_real, n_fake in (("a", 30, 30), ("b", 30, 30), ("r", 30, 0))
+    rows = [(s, label) for s, n_real, n_fake in folders
             for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
     table = pd.DataFrame(rows, columns=["source", "label"])
     table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    return table
+
+
+def test_protocol_with_self_blends_drops_a_held_out_folders_blends():
+    """run_protocol's "+sbi" candidates train on self-blends as one more fake folder; a
+    leave-one-folder-out fold drops the blends made from the folder it holds out."""
+    from deepfake_toolkit.transfer import SELF_BLEND_SOURCE, SelfBlends, run_protocol
+
+    rng = np.random.default_rng(0)
+    table = _toy_table(("a", 30, 30), ("b", 30, 30), ("r", 30, 0))
     n = len(table)
     pooled = rng.normal(size=(n, 6)) + table["label"].to_numpy()[:, None] * 1.5
     arrays = {"pooled": pooled, "cnn_logit": rng.normal(size=n) + 2 * table["label"].to_numpy()}
@@ -244,10 +251,7 @@ def test_honest_fusion_fold_uses_the_fold_cnns_split_and_drops_its_blends():
                                            honest_fusion_fold, run_protocol)
 
     rng = np.random.default_rng(1)
-    rows = [(s, label) for s, n_real, n_fake in (("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
-            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
-    table = pd.DataFrame(rows, columns=["source", "label"])
-    table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    table = _toy_table(("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
     labels = table["label"].to_numpy()
     x = rng.normal(size=(len(table), 5)) + labels[:, None] * 0.8
 
@@ -773,15 +777,10 @@ def test_protocol_pair_takes_the_best_in_family_and_the_best_transferring_probe(
     """run_protocol(pair=True) adds "pair:<anchor>|<transfer>": the anchor is the candidate with
     the highest mean validation AUC, the transfer probe the one with the highest mean LOFO AUC,
     and every fake folder has a LOFO fold stacked on that fold's validation images."""
-    import pandas as pd
-
     from deepfake_toolkit.transfer import run_protocol
 
     rng = np.random.default_rng(5)
-    rows = [(s, label) for s, n_real, n_fake in (("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
-            for label, n in ((0, n_real), (1, n_fake)) for _ in range(n)]
-    table = pd.DataFrame(rows, columns=["source", "label"])
-    table["relative"] = [f"{s}/{i}.jpg" for i, s in enumerate(table["source"])]
+    table = _toy_table(("a", 40, 40), ("b", 40, 40), ("r", 40, 0))
     y = table["label"].to_numpy()
     fake_a = (table["source"] == "a").to_numpy() & (y == 1)
     # "family" separates each fake folder by its own direction (strong in family, no
