@@ -107,9 +107,10 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to run (default: auto = CUDA when available)")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "auto"],
-                        help="what the CLIP tower (default, clip_probe) computes in. float32 "
-                             "(the default, or $DEEPFAKE_TOOLKIT_PRECISION) scores alike on "
-                             "every machine; bfloat16 is about 2x faster on CPUs with "
+                        help="what the CLIP tower (default, clip_probe, cnn_clip_fusion) "
+                             "computes in. float32 (the default, or $DEEPFAKE_TOOLKIT_PRECISION) "
+                             "scores alike on every machine; bfloat16 is about 1.5-2x faster "
+                             "end to end on CPUs with "
                              "AVX512-BF16 or AMX and moves scores a little (README, "
                              "'Precision'); auto: bfloat16 where the hardware computes it")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N",
