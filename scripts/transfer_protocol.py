@@ -237,8 +237,7 @@ def main() -> None:
               "it. This run writes it as cnn_clip_fusion.")
     expected = {preferred: CLIP_PROBE_FEATURES}
     if cnn_fusion:
-        expected[base_name(cnn_fusion) + ("+sbi" if cnn_fusion.endswith("+sbi") else "")] = \
-            FUSION_PROBE_FEATURES
+        expected[cnn_fusion.split(":", 1)[1]] = FUSION_PROBE_FEATURES
     if ship and ship.startswith(PAIR):
         anchor, transfers = ship[len(PAIR):].split("|")
         expected.update({anchor: PAIR_ANCHOR_FEATURES, transfers: PAIR_TRANSFER_FEATURES})
@@ -252,9 +251,10 @@ def main() -> None:
     labels = table["label"].to_numpy()
     sources = table["source"].to_numpy()
 
+    @functools.cache
     def fit_shipped_probe(name: str):
         """The probe of candidate ``name`` on the training split (and its blends), and its
-        logit for every image."""
+        logit for every image (fitted once: clip_probe's probe is often a fused model's too)."""
         x = feature_matrix(arrays, probes[name])
         x_train, train_table = x[~is_val], table[~is_val][["label", "source"]]
         if name.endswith("+sbi"):
@@ -285,11 +285,9 @@ def main() -> None:
                        "validation_in_sample_threshold": folder_table(
                            sigmoid(probe_logit[is_val]), val_table, probe_threshold)}}
     if cnn_fusion is not None:
-        fusion_probe = cnn_fusion.split(":", 1)[1]
-        probe = ((head, probe_logit) if fusion_probe == preferred
-                 else fit_shipped_probe(fusion_probe))
-        shipped["cnn_clip_fusion"] = write_fusion(cnn_fusion, probe, probes, arrays, table,
-                                                  is_val, args.transfer_margin, out)
+        shipped["cnn_clip_fusion"] = write_fusion(
+            cnn_fusion, fit_shipped_probe(cnn_fusion.split(":", 1)[1]), probes, arrays, table,
+            is_val, args.transfer_margin, out)
     if ship is not None and ship.startswith(PAIR):
         shipped["default"] = write_pair(ship, fit_shipped_probe, probes, probe_c, arrays, table,
                                         is_val, args.transfer_margin, out)
@@ -322,30 +320,19 @@ def write_fusion(name: str, probe: tuple, probes: dict, arrays: dict, table: pd.
     real-photo floor - and write it as ``cnn_clip_fusion`` (the shipped CNN's copy, the probe
     head, the stacking); returns its record."""
     head, probe_logit = probe
-    labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
     z = np.stack([arrays["cnn_logit"].astype(np.float64), probe_logit], 1)
     stacking = "transfer" if name.startswith("tfusion:") else "logistic"
     # The same fits, "auto" margin included, as the candidates' in run_protocol.
     fit = (functools.partial(_transfer_stacking, margin=transfer_margin)
            if stacking == "transfer" else _logistic_stacking)
     stack_w, stack_b, fit_facts = fit(z[is_val], table[is_val])
-    cnn_share, margin = fit_facts.get("cnn_share"), fit_facts.get("margin")
-    fused = sigmoid(z @ stack_w + stack_b)
-    threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
-    features = probes[name.split(":", 1)[1]]
     state = {f"cnn.{k}": v for k, v in load_safetensors(PROJECT_WEIGHTS / CNN_WEIGHTS).items()}
     state.update(head_state_dict(head, prefix="probe."))
-    state["stack_weight"] = torch.tensor(stack_w, dtype=torch.float32)
-    state["stack_bias"] = torch.tensor([stack_b], dtype=torch.float32)
-    facts = {"candidate": name, "stacking": stacking, "cnn_share": cnn_share,
-             "transfer_margin": margin, "probe_self_blends": name.endswith("+sbi"),
-             "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b}
-    spec = get_spec("cnn_clip_fusion")
-    spec = dataclasses.replace(spec, threshold=round(threshold, 4),
-                               extra={**spec.extra, "features": list(features), **facts})
-    save_weights(spec, state, out / spec.weights[0].filename)
-    return {**facts, "threshold": threshold, "validation_in_sample_stacking": folder_table(
-        fused[is_val], table[is_val].reset_index(drop=True), threshold)}
+    facts = {"candidate": name, "stacking": stacking, "cnn_share": fit_facts.get("cnn_share"),
+             "transfer_margin": fit_facts.get("margin"),
+             "probe_self_blends": name.endswith("+sbi")}
+    return write_stacked("cnn_clip_fusion", state, z, stack_w, stack_b, table, is_val, facts,
+                         {"features": list(probes[name.split(":", 1)[1]])}, out)
 
 
 def write_pair(name: str, fit_shipped_probe, probes: dict, probe_c: dict, arrays: dict,
@@ -358,27 +345,38 @@ def write_pair(name: str, fit_shipped_probe, probes: dict, probe_c: dict, arrays
     anchor, transfers = name[len(PAIR):].split("|")
     (anchor_head, anchor_logit), (transfer_head, transfer_logit) = (
         fit_shipped_probe(anchor), fit_shipped_probe(transfers))
-    labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
     z = np.stack([anchor_logit, transfer_logit, arrays["cnn_logit"].astype(np.float64)], 1)
     stack_w, stack_b, fit_facts = _transfer_stacking(z[is_val], table[is_val], transfer_margin)
-    fused = sigmoid(z[:, :2] @ stack_w[:2] + stack_b)
-    threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
+    # The CNN (column 2) is only the reference the stacking was held to: weight 0, not shipped.
     state = {**head_state_dict(anchor_head, prefix="anchor."),
-             **head_state_dict(transfer_head, prefix="transfer."),
-             "stack_weight": torch.tensor(stack_w[:2], dtype=torch.float32),
-             "stack_bias": torch.tensor([stack_b], dtype=torch.float32)}
+             **head_state_dict(transfer_head, prefix="transfer.")}
     facts = {"candidate": name, "stacking": "transfer, held to the CNN's validation AUCs",
              "anchor": anchor, "transfer": transfers,
              "anchor_C": probe_c[base_name(anchor)], "transfer_C": probe_c[base_name(transfers)],
              "anchor_self_blends": anchor.endswith("+sbi"),
              "transfer_self_blends": transfers.endswith("+sbi"),
-             "anchor_share": fit_facts["cnn_share"], "transfer_margin": fit_facts["margin"],
-             "stack_weight": [float(v) for v in stack_w[:2]], "stack_bias": stack_b}
-    spec = get_spec("default")
-    spec = dataclasses.replace(spec, threshold=round(threshold, 4), extra={
-        **spec.extra, "features": list(probes[anchor]) + list(probes[transfers]),
-        "anchor_features": list(probes[anchor]), "transfer_features": list(probes[transfers]),
-        **facts})
+             "anchor_share": fit_facts["cnn_share"], "transfer_margin": fit_facts["margin"]}
+    features = {"features": list(probes[anchor]) + list(probes[transfers]),
+                "anchor_features": list(probes[anchor]),
+                "transfer_features": list(probes[transfers])}
+    return write_stacked("default", state, z[:, :2], stack_w[:2], stack_b, table, is_val, facts,
+                         features, out)
+
+
+def write_stacked(model: str, state: dict, z: np.ndarray, stack_w: np.ndarray, stack_b: float,
+                  table: pd.DataFrame, is_val: np.ndarray, facts: dict, extra: dict,
+                  out: Path) -> dict:
+    """Write a stacked model: its threshold by the real-photo floor on the validation split, the
+    stacking in ``state`` and in its spec with ``facts`` and ``extra``; returns its record."""
+    labels, sources = table["label"].to_numpy(), table["source"].to_numpy()
+    fused = sigmoid(z @ stack_w + stack_b)
+    threshold = threshold_with_real_floor(fused[is_val], labels[is_val], sources[is_val])
+    state = {**state, "stack_weight": torch.tensor(stack_w, dtype=torch.float32),
+             "stack_bias": torch.tensor([stack_b], dtype=torch.float32)}
+    facts = {**facts, "stack_weight": [float(v) for v in stack_w], "stack_bias": stack_b}
+    spec = get_spec(model)
+    spec = dataclasses.replace(spec, threshold=round(threshold, 4),
+                               extra={**spec.extra, **extra, **facts})
     save_weights(spec, state, out / spec.weights[0].filename)
     return {**facts, "threshold": threshold, "validation_in_sample_stacking": folder_table(
         fused[is_val], table[is_val].reset_index(drop=True), threshold)}
