@@ -109,9 +109,9 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
         return
     options = {"include_dashboard": False, "log_to_driver": False, **init_options}
     interrupt_handler = signal.getsignal(signal.SIGINT)
+    pressed = _defer_ctrl_c()
     try:
         ray.init(address=address, **options)
-        _reinstall(interrupt_handler)
     except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception on a slow start too
         ray.shutdown()
         _end_half_started_ray()
@@ -120,11 +120,31 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
             f"could not start or reach a Ray cluster {where}: {exc}. Start one with "
             "'ray start --head' and pass --ray-address auto, leave the address out to start a "
             "local one, or for ray:// addresses pip install \"ray[client]\"") from None
+    finally:
+        _reinstall(interrupt_handler)
+    if pressed.is_set():
+        # Ctrl+C while Ray started: it counts once Ray is up, and ends it as any Ctrl+C does.
+        ray.shutdown()
+        _reinstall(interrupt_handler)
+        raise KeyboardInterrupt
     try:
         yield ray
     finally:
+        _stop_dataset_executors()
         ray.shutdown()
         _reinstall(interrupt_handler)
+
+
+def _defer_ctrl_c() -> threading.Event:
+    """Hold a Ctrl+C back until :func:`_reinstall`: set the event returned instead of raising.
+
+    A KeyboardInterrupt inside ``ray.init`` can stop it halfway through building its core worker,
+    and the process then crashes at exit (a segmentation fault) instead of ending as a Ctrl+C.
+    """
+    pressed = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: pressed.set())
+    return pressed
 
 
 def _reinstall(interrupt_handler) -> None:
@@ -132,6 +152,24 @@ def _reinstall(interrupt_handler) -> None:
     module (``signal.getsignal`` does not show it), so a KeyboardInterrupt would never come."""
     if threading.current_thread() is threading.main_thread() and interrupt_handler is not None:
         signal.signal(signal.SIGINT, interrupt_handler)
+
+
+def _stop_dataset_executors(timeout: float = 60.0) -> None:
+    """Stop Ray Data's executors in this process and wait for their threads, before Ray shuts
+    down. A Ctrl+C while the actors start can leave an executor's scheduling thread running past
+    Ray Data's own 2 s wait; the thread then calls into the stopped core worker, and the whole
+    process exits (status 1, or a segmentation fault) before the rows are written."""
+    for thread in threading.enumerate():
+        # Ray Data's StreamingExecutor is its scheduling thread (internal: found by name).
+        if type(thread).__name__ != "StreamingExecutor" or thread is threading.current_thread():
+            continue
+        shutdown = getattr(thread, "shutdown", None)
+        if callable(shutdown):
+            try:
+                shutdown(force=True)
+            except Exception:  # noqa: BLE001 - the run is ending; Ray's shutdown follows
+                pass
+        thread.join(timeout)
 
 
 def _end_half_started_ray() -> None:

@@ -22,8 +22,9 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit import classify_directory, classify_files, load_model
+from deepfake_toolkit import distributed
 from deepfake_toolkit.distributed import RayEngineError, _end_half_started_ray, _reinstall, \
-    plan_actors
+    plan_actors, ray_session
 from deepfake_toolkit.output import partial_path
 from deepfake_toolkit.results import read_table, restore_types
 
@@ -259,7 +260,8 @@ def test_cli_on_a_running_cluster_writes_the_local_table_and_leaves_the_cluster_
 
 
 @ray_timeout
-def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut, tmp_path):
+@pytest.mark.parametrize("when", ["scoring", "actors starting"])
+def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut, tmp_path, when):
     folder = tmp_path / "many"
     folder.mkdir()
     for index in range(120):  # far more than can be scored between the first row and Ctrl+C
@@ -272,20 +274,52 @@ def test_ctrl_c_during_a_ray_run_leaves_no_ray_processes(ray_cluster, astronaut,
     reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)
     reader.start()
     try:
-        # Ctrl+C once rows reach the partial output: the run is scoring. (A Ctrl+C in the first
-        # second of Ray Data's start can end in Ray's own exit, status 1: not what this checks.)
+        # "scoring": Ctrl+C once rows reach the partial output. "actors starting": 0.6 s after
+        # Ray Data starts the dataset, while its actors start (this once ended the process with
+        # Ray's own exit, status 1, or a segmentation fault, and wrote nothing).
         deadline = time.monotonic() + 180
-        while rows_written(partial_path(out)) < 1:
+        while (rows_written(partial_path(out)) < 1 if when == "scoring"
+               else not any("Starting execution" in line for line in lines)):
             assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.05)
+        if when == "actors starting":
+            time.sleep(0.6)
         assert ray_processes(temp_dir), "the run's own Ray is not running"
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=60) == 130, "".join(lines)
         reader.join(timeout=10)
         assert "interrupted: wrote the" in "".join(lines)
         assert not wait_until_gone(temp_dir)
-        assert 1 <= len(read_table(out)) < 120  # the rows scored before Ctrl+C
+        written = len(read_table(out))  # the rows scored before Ctrl+C
+        assert (1 if when == "scoring" else 0) <= written < 120
     finally:
         if run.poll() is None:
             run.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ctrl_c_while_ray_starts_counts_once_ray_is_up(monkeypatch):
+    """A Ctrl+C inside ray.init is held back until it returns (a KeyboardInterrupt halfway
+    through building Ray's core worker crashed the process at exit), then ends Ray as any
+    Ctrl+C does."""
+    events: list[str] = []
+
+    class StartingRay:
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, **options) -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C halfway through the start
+            time.sleep(0.2)
+            events.append("started")
+
+        def shutdown(self) -> None:
+            events.append("shut down")
+
+    monkeypatch.setattr(distributed, "import_ray", StartingRay)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with ray_session(None):
+            events.append("used")
+    assert events == ["started", "shut down"]
+    assert signal.getsignal(signal.SIGINT) is handler
