@@ -122,12 +122,10 @@ def ray_session(address: str | None = None, **init_options: Any) -> Iterator[Any
             "local one, or for ray:// addresses pip install \"ray[client]\"") from None
     finally:
         _reinstall(interrupt_handler)
-    if pressed.is_set():
-        # Ctrl+C while Ray started: it counts once Ray is up, and ends it as any Ctrl+C does.
-        ray.shutdown()
-        _reinstall(interrupt_handler)
-        raise KeyboardInterrupt
     try:
+        if pressed.is_set():
+            # Ctrl+C while Ray started: it counts once Ray is up, and ends it as any Ctrl+C does.
+            raise KeyboardInterrupt
         yield ray
     finally:
         _stop_dataset_executors()
