@@ -2,14 +2,16 @@
 
 Builds folders of 1,000, 10,000 and 100,000 files (hard links to a pool of --pool photos, 1,000
 per sub-folder) under --scratch, classifies each in a fresh process (``classify_directory``
-with an output CSV, as ``deepfake-toolkit classify`` does, face crop off) and samples, every
+with an output CSV, as ``deepfake-toolkit classify`` does) and samples, every
 0.1 s, the resident memory of that process and all its workers together. It prints, per size:
 seconds, images/s, the peak of the summed RSS (what the issue's target counts; pages shared by
 the forked workers count once per process), the peak of the summed PSS (shared pages split
 between the processes), and the size of the table returned to Python. Nothing is asserted.
 
-Face crop is off: with it, scoring runs at about 1-2 images/s on a 2-core machine, too slow
-for 100,000 files. The model is the CNN (``cnn``, the default model's CNN branch). --input-size
+By default face crop is off: with it, scoring runs at about 3-12 images/s on a 2-core machine,
+too slow for 100,000 files; and the model is the CNN (``cnn``). --model NAME --face-crop measure
+another model with its own face-crop settings (the `default` model: --sizes 1000 takes about 5
+minutes on 2 cores). --input-size
 scores with it at a smaller input (the same weights; its scores are not the CNN's) when even
 that is too slow: the pipeline, the rows and the output are the same, only the network's work per
 image shrinks.
@@ -18,7 +20,7 @@ image shrinks.
 
 Usage: python scripts/memory_scaling.py [--sizes 1000 10000 100000] [--pool 300]
            [--source DIR] [--scratch /tmp/memory_scaling] [--input-size N] [--thumbnail N]
-           [--workers N]
+           [--workers N] [--model NAME] [--face-crop]
 """
 
 from __future__ import annotations
@@ -78,12 +80,12 @@ def build_tree(photos: list[Path], scratch: Path, size: int) -> Path:
     return tree
 
 
-def child(tree: Path, output: Path, input_size: int | None, workers: int | None) -> None:
+def child(tree: Path, output: Path, input_size: int | None, workers: int | None,
+          model: str, face_crop: bool) -> None:
     """The measured process: classify ``tree`` and print one JSON line about the table."""
     from deepfake_toolkit import classify_directory, load_model
     from deepfake_toolkit.models import get_spec, register_model
 
-    model = "cnn"
     if input_size:
         base = get_spec("cnn")
         register_model(dataclasses.replace(
@@ -93,16 +95,19 @@ def child(tree: Path, output: Path, input_size: int | None, workers: int | None)
         detector = dataclasses.replace(detector, spec=get_spec(f"cnn_at_{input_size}"))
         model = detector
     started = time.perf_counter()
-    frame = classify_directory(tree, model, face_crop=False, output_csv=output, progress=False,
-                               num_workers=workers, device="cpu")
+    frame = classify_directory(tree, model, face_crop=None if face_crop else False,
+                               output_csv=output, progress=False, num_workers=workers,
+                               device="cpu")
     print(json.dumps({"rows": len(frame), "seconds": time.perf_counter() - started,
                       "images_per_second": frame.attrs["images_per_second"],
                       "table_bytes": int(frame.memory_usage(deep=True).sum()),
                       "table_bytes_shallow": int(frame.memory_usage(deep=False).sum())}))
 
 
-def measure(tree: Path, output: Path, input_size: int | None, workers: int | None) -> dict:
-    command = [sys.executable, __file__, "--child", str(tree), "--output", str(output)]
+def measure(tree: Path, output: Path, input_size: int | None, workers: int | None,
+            model: str, face_crop: bool) -> dict:
+    command = [sys.executable, __file__, "--child", str(tree), "--output", str(output),
+               "--model", model] + (["--face-crop"] if face_crop else [])
     if input_size:
         command += ["--input-size", str(input_size)]
     if workers is not None:
@@ -128,14 +133,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="decoding workers (default: the pipeline's)")
     parser.add_argument("--thumbnail", type=int, help="link to copies of the photos at most "
                         "this many pixels (decoding then costs little)")
+    parser.add_argument("--model", default="cnn", help="registered model (default: cnn)")
+    parser.add_argument("--face-crop", action="store_true",
+                        help="crop faces with the model's own settings (default: off)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.output, args.input_size, args.workers)
+        child(args.child, args.output, args.input_size, args.workers, args.model,
+              args.face_crop)
         return
+    if args.input_size and args.model != "cnn":
+        parser.error("--input-size is for the CNN (--model cnn) only")
     photos = pool_of_photos(args.source, args.pool, args.scratch, args.thumbnail)
-    print(f"face crop off; model: cnn at {args.input_size or 224} px; "
+    print(f"face crop {'on' if args.face_crop else 'off'}; model: {args.model}"
+          + (f" at {args.input_size} px" if args.input_size else "") + "; "
           f"{os.cpu_count()} CPUs; {len(photos)} photos from {args.source}"
           + (f" as copies of at most {args.thumbnail} px" if args.thumbnail else ""))
     print(f"{'files':>8} {'seconds':>8} {'img/s':>7} {'peak RSS':>10} {'peak PSS':>10} "
@@ -143,7 +155,7 @@ def main() -> None:
     for size in args.sizes:
         tree = build_tree(photos, args.scratch, size)
         result = measure(tree, args.scratch / f"scores_{size}.csv", args.input_size,
-                         args.workers)
+                         args.workers, args.model, args.face_crop)
         print(f"{size:8d} {result['seconds']:8.0f} {result['images_per_second']:7.1f} "
               f"{result['peak_rss'] / 2**20:7.0f} MiB {result['peak_pss'] / 2**20:7.0f} MiB "
               f"{result['table_bytes'] / 2**20:6.1f} MiB {result['table_bytes'] / size:7.0f} B",
