@@ -126,3 +126,37 @@ def test_without_tcmalloc_the_command_re_runs_with_glibc_huge_pages(monkeypatch)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
     cli.preload_tcmalloc(["classify", "x"])
     assert calls == []
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEEPFAKE_TOOLKIT_NO_TCMALLOC": "1"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_the_command_line_starts_without_importing_pytorch():
+    # The command re-runs itself once with tcmalloc preloaded: the first run must not pay for
+    # PyTorch (about 2 s on 2 cores) only to throw it away.
+    done = _python("import sys, deepfake_toolkit.cli, deepfake_toolkit; "
+                   "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    public = _python("import deepfake_toolkit as d; print(d.load_model.__module__, "
+                     "sorted(set(d.__all__) - set(dir(d))))")
+    assert public.stdout.split() == ["deepfake_toolkit.models.loading", "[]"], public.stderr
+
+
+def test_ctrl_c_while_pytorch_is_imported_exits_130_without_a_traceback():
+    # A Ctrl+C in the first seconds of a command lands in an import: here, the import of torch.
+    done = _python(
+        "import sys\n"
+        "import deepfake_toolkit.cli as cli\n"
+        "class CtrlC:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "sys.argv = ['deepfake-toolkit', 'models']\n"
+        "cli.console_main()\n")
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted\n"
