@@ -53,6 +53,7 @@ from .pipeline import (
     _progress_bar,
     _score_batch,
     load_detectors,
+    settle_worker_memory,
     shared_transforms,
 )
 from .results import COLUMNS, FLOAT_COLUMNS, TEXT_COLUMNS, arrow_schema, empty_results, \
@@ -253,6 +254,7 @@ class _CropStage:
                  provenance: bool = True) -> None:
         # Several actors share each machine's cores: more threads each only oversubscribe them.
         torch.set_num_threads(1)
+        settle_worker_memory()
         self.transforms = transforms
         self.cropper = FaceCropper(region.face, device="cpu") if region.face_crop else None
         self.no_face = region.no_face

@@ -148,9 +148,39 @@ class ClassificationInterrupted(KeyboardInterrupt):
         self.frame = frame
 
 
+WORKER_MMAP_THRESHOLD = 1 << 20
+"""Bytes from which a decoding worker's allocations get their own memory map (see
+:func:`settle_worker_memory`)."""
+
+
+def settle_worker_memory() -> None:
+    """Keep a decoding process's memory flat under glibc's allocator.
+
+    glibc raises its threshold for giving an allocation its own memory map each time such a map
+    is freed, so the decoded images and face-detection tensors of a long run end up in heaps
+    that fragment and are not returned: on 400 photos with face crop (Python API, no tcmalloc)
+    each worker grew from 550 to 850 MB. A fixed threshold of 1 MiB kept them at 540 MB (the
+    run's summed PSS peak 1.86 GB instead of 2.72 GB, at the same speed). Nothing changes where
+    another allocator (tcmalloc) is preloaded or the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, WORKER_MMAP_THRESHOLD)
+
+
 def _worker_init(_: int) -> None:
     # Workers share the machine's cores with inference: one thread each avoids oversubscription.
     torch.set_num_threads(1)
+    settle_worker_memory()
 
 
 def load_detectors(model: ModelArg = "default",
