@@ -160,8 +160,9 @@ def settle_worker_memory() -> None:
     is freed, so the decoded images and face-detection tensors of a long run end up in heaps
     that fragment and are not returned: on 400 photos with face crop (Python API, no tcmalloc)
     each worker grew from 550 to 850 MB. A fixed threshold of 1 MiB kept them at 540 MB (the
-    run's summed PSS peak 1.86 GB instead of 2.72 GB, at the same speed). Nothing changes where
-    another allocator (tcmalloc) is preloaded or the C library is not glibc.
+    run's summed PSS peak 1,908 MiB instead of 2,722 MiB; the same speed within the noise of a
+    paired timing). Nothing changes where another allocator (tcmalloc) is preloaded or the C
+    library is not glibc.
     """
     import ctypes
     import ctypes.util

@@ -1,4 +1,4 @@
-"""What keeps the default model's run under 2 GB: loading holds one copy of the weights, CPU
+"""What keeps the default model's run level near 2 GB: loading holds one copy of the weights, CPU
 inference runs in small passes with the scores of a whole-batch pass, and decoding workers give
 large allocations their own memory maps under glibc."""
 
