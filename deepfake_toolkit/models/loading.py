@@ -57,10 +57,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-CPU_FORWARD_IMAGES = 8
-"""Images per forward pass on a CPU. Measured on 2 cores with tcmalloc, 32 images of 224 px: in
-passes of 8 the `default` model's process peaked 0.43 GB lower than in one pass of 32, at the same
-speed (5.5 s), and `cnn`'s 0.47 GB lower, 3% slower. A GPU takes the whole batch at once."""
+CPU_FORWARD_IMAGES = 4
+"""Images per forward pass on a CPU. Measured on 2 cores (2026-12-03), 32 images of 224 px, medians
+of 4 alternating rounds: the `default` model took 6.2 s in passes of 4, 6.7 s in passes of 8 and
+7.2 s in passes of 16 (bfloat16: 2.3, 2.4, 2.7 s); `cnn` 0.21 and 0.22 s in passes of 4 and 8,
+0.52 s in passes of 16. Each pass's activations are freed before the next, so smaller passes
+also keep the process smaller: a face-crop run of the `default` model on 150 photos peaked at
+1,810 MiB PSS (process and workers) in passes of 4 against 1,989 MiB in passes of 8. A GPU takes
+the whole batch at once."""
 
 
 @dataclass
@@ -100,7 +104,7 @@ class Detector:
 
         On a CPU the module sees at most :data:`CPU_FORWARD_IMAGES` images at a time: the scores
         are the same, and the activations held at once (and kept by the allocator afterwards)
-        are a quarter of a 32-image pass's.
+        are an eighth of a 32-image pass's.
         """
         batch = batch.to(self.device, non_blocking=True, memory_format=self.spec.memory_format)
         if self.device.type == "cpu" and len(batch) > CPU_FORWARD_IMAGES:
