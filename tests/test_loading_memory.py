@@ -1,19 +1,25 @@
 """What keeps the default model's run level near 2 GB: loading holds one copy of the weights, CPU
-inference runs in small passes with the scores of a whole-batch pass, and decoding workers give
-large allocations their own memory maps under glibc."""
+inference runs in small passes with the scores of a whole-batch pass, decoding workers give large
+allocations their own memory maps under glibc, and the garbage collector leaves the main process's
+objects shared with the workers."""
 
 from __future__ import annotations
 
+import functools
+import gc
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from deepfake_toolkit import classify_files
 from deepfake_toolkit.models import get_spec
 from deepfake_toolkit.models.loading import CPU_FORWARD_IMAGES, build_loaded
 
@@ -107,3 +113,66 @@ def test_decoding_workers_keep_giving_large_allocations_their_own_maps():
     # glibc alone: once a mapped block is freed, the next one of that size comes from a heap.
     assert maps("plain") == "[1, 0, 0]"
     assert maps("settled") == "[1, 1, 1]"
+
+
+FORK_PROBE = """
+import gc, os, sys
+from deepfake_toolkit.pipeline import frozen_for_workers
+
+def private_kib():
+    with open("/proc/self/smaps_rollup") as rollup:
+        return sum(int(line.split()[1]) for line in rollup
+                   if line.startswith(("Private_Dirty:", "Private_Clean:")))
+
+ballast = [[i] for i in range(400_000)]  # about 40 MB of objects the collector tracks
+gc.collect()
+read, write = os.pipe()
+with frozen_for_workers(1 if sys.argv[1] == "frozen" else 0):
+    pid = os.fork()
+    if pid == 0:
+        before = private_kib()
+        gc.collect()  # a full pass, as a worker's collector eventually runs
+        os.write(write, str(private_kib() - before).encode())
+        os._exit(0)
+os.waitpid(pid, 0)
+print(os.read(read, 64).decode(), gc.get_freeze_count())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc only")
+def test_a_full_collection_in_a_worker_leaves_the_main_processs_objects_shared():
+    def copied_kib(mode: str) -> tuple[int, int]:
+        done = subprocess.run([sys.executable, "-c", FORK_PROBE, mode], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        copied, frozen_after = done.stdout.split()
+        return int(copied), int(frozen_after)
+
+    plain, _ = copied_kib("plain")
+    frozen, frozen_after = copied_kib("frozen")
+    assert plain > 20_000  # the pass wrote to every object's page: the worker copied them
+    assert frozen < plain / 5
+    assert frozen_after == 0  # the objects go back to the collector when the block ends
+
+
+def _record_freeze_count(folder: Path, image: Image.Image) -> Image.Image:
+    (folder / f"seen_in_{os.getpid()}").write_text(str(gc.get_freeze_count()))
+    return image
+
+
+def test_classify_workers_start_with_the_main_processs_objects_frozen(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i * 60, 0, 0)).save(images / f"{i}.png")
+    records = tmp_path / "records"
+    records.mkdir()
+    module = DetailScore()
+    frame = classify_files(sorted(images.iterdir()), toy_detector(module, "detail"),
+                           face_crop=False, progress=False, num_workers=1,
+                           worker_start="fork", provenance=False,
+                           perturb=functools.partial(_record_freeze_count, records))
+    assert (frame["label"] != "error").all()
+    seen = [int(f.read_text()) for f in records.iterdir()]
+    assert len(seen) == 1 and seen[0] > 1000  # one worker, forked with the objects frozen
+    assert gc.get_freeze_count() == 0  # and the main process's are back when the run ends
