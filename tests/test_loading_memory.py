@@ -21,7 +21,7 @@ from torch import nn
 
 from deepfake_toolkit import classify_files
 from deepfake_toolkit.models import get_spec
-from deepfake_toolkit.models.loading import CPU_FORWARD_IMAGES, build_loaded
+from deepfake_toolkit.models.loading import build_loaded
 
 from .toy_models import DetailScore, toy_detector
 
@@ -61,14 +61,15 @@ def test_constructor_constants_survive_loading():
     assert module(torch.ones(1, 3)).item() == 8.75
 
 
-def test_cpu_inference_runs_in_small_passes_with_the_whole_batch_scores():
+@pytest.mark.parametrize("size, passes", [(224, [4, 4, 3]), (112, [11]), (32, [11])])
+def test_cpu_inference_runs_in_small_passes_with_the_whole_batch_scores(size, passes):
     module = DetailScore()
     detector = toy_detector(module, "detail")
     seen: list[int] = []
     module.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
-    images = torch.rand(2 * CPU_FORWARD_IMAGES + 3, 3, 64, 64)
+    images = torch.rand(11, 3, size, size)  # 4 images of 224 px per pass; 16 of 112 px
     scores = detector.predict(images)
-    assert seen == [CPU_FORWARD_IMAGES, CPU_FORWARD_IMAGES, 3]
+    assert seen == passes
     with torch.inference_mode():
         whole = torch.sigmoid(module(images)).squeeze(1).numpy()
     np.testing.assert_allclose(scores, whole, rtol=1e-6, atol=1e-7)

@@ -57,14 +57,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-CPU_FORWARD_IMAGES = 4
-"""Images per forward pass on a CPU. Measured on 2 cores (2026-12-03), 32 images of 224 px, medians
-of 4 alternating rounds: the `default` model took 6.2 s in passes of 4, 6.7 s in passes of 8 and
-7.2 s in passes of 16 (bfloat16: 2.3, 2.4, 2.7 s); `cnn` 0.21 and 0.22 s in passes of 4 and 8,
-0.52 s in passes of 16. Each pass's activations are freed before the next, so smaller passes
-also keep the process smaller: a face-crop run of the `default` model on 150 photos peaked at
-1,810 MiB PSS (process and workers) in passes of 4 against 1,989 MiB in passes of 8. A GPU takes
-the whole batch at once."""
+CPU_FORWARD_PIXELS = 4 * 224 * 224
+"""Input pixels per forward pass on a CPU: 4 images of 224 px (see :func:`cpu_pass_images`).
+Measured on 2 cores (2026-12-03), 32 images of 224 px, medians of 4 alternating rounds: the
+`default` model took 6.2 s in passes of 4, 6.7 s in passes of 8 and 7.2 s in passes of 16
+(bfloat16: 2.3, 2.4, 2.7 s); `cnn` 0.21 and 0.22 s in passes of 4 and 8, 0.52 s in passes of
+16. Each pass's activations are freed before the next, so smaller passes also keep the process
+smaller: a face-crop run of the `default` model on 150 photos peaked at 1,810 MiB PSS (process
+and workers) in passes of 4 against 1,989 MiB in passes of 8. A small input gets more images per
+pass, as each call has a fixed cost: `cnn` at 32 px took 50, 26 and 13 ms per 32 images in passes
+of 4, 8 and 32. A GPU takes the whole batch at once."""
+
+
+def cpu_pass_images(batch: torch.Tensor) -> int:
+    """Images of ``batch`` (N, C, H, W) per forward pass on a CPU: as many as hold
+    :data:`CPU_FORWARD_PIXELS` input pixels, at least one."""
+    return max(1, CPU_FORWARD_PIXELS // (batch.shape[-2] * batch.shape[-1]))
 
 
 @dataclass
@@ -102,13 +110,14 @@ class Detector:
     def predict(self, batch: torch.Tensor) -> np.ndarray:
         """fake_score = P(fake) for a batch of transformed images, shape (N,).
 
-        On a CPU the module sees at most :data:`CPU_FORWARD_IMAGES` images at a time: the scores
-        are the same, and the activations held at once (and kept by the allocator afterwards)
-        are an eighth of a 32-image pass's.
+        On a CPU the module sees :func:`cpu_pass_images` images at a time (4 of 224 px): the
+        scores are the same, and the activations held at once (and kept by the allocator
+        afterwards) are an eighth of a 32-image pass's.
         """
         batch = batch.to(self.device, non_blocking=True, memory_format=self.spec.memory_format)
-        if self.device.type == "cpu" and len(batch) > CPU_FORWARD_IMAGES:
-            output = torch.cat([self.module(part) for part in batch.split(CPU_FORWARD_IMAGES)])
+        per_pass = cpu_pass_images(batch)
+        if self.device.type == "cpu" and len(batch) > per_pass:
+            output = torch.cat([self.module(part) for part in batch.split(per_pass)])
         else:
             output = self.module(batch)
         return self.spec.scores_from_output(output).cpu().numpy().astype(np.float64)
