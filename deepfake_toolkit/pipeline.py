@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,36 @@ class _Item:
     provenance: dict[str, Any] = field(default_factory=empty_provenance)
 
 
+class PackedPaths(Sequence[str]):
+    """File paths packed into one byte string: ``packed[i]`` is ``str(paths[i])``, exactly.
+
+    A forked decoding worker that reads a path from a list of strings writes to that string's
+    reference count, which copies the memory page it sits on into the worker: over a run, every
+    page of the list. On 100,000 files each worker grew by about 11 MB that way. Packed, the
+    paths are one object that the workers only read, and each costs its UTF-8 bytes and an
+    offset instead of a string object (about 60 bytes less). Surrogates (file names that are not
+    UTF-8) pass through unchanged.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        encoded = [str(p).encode("utf-8", "surrogatepass") for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._blob = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError("path index out of range")
+        index %= len(self)
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return self._blob[start:end].decode("utf-8", "surrogatepass")
+
+
 class _FileDataset(Dataset):
     """Decodes files and, when ``cropper`` is set, finds faces and transforms the crops."""
 
@@ -62,7 +92,7 @@ class _FileDataset(Dataset):
                  cropper: FaceCropper | None, detect_here: bool, no_face: NoFacePolicy,
                  max_pixels: int, perturb: Callable[[Image.Image], Image.Image] | None,
                  provenance: bool = False) -> None:
-        self.paths = paths
+        self.paths = PackedPaths(paths)
         self.provenance = provenance
         self.perturb = perturb
         self.transforms = transforms
@@ -75,13 +105,13 @@ class _FileDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> _Item:
-        item = _Item(path=str(self.paths[index]))
+        item = _Item(path=self.paths[index])
         # Taken before reading, so that a file changed meanwhile looks changed to a resumed run.
-        with contextlib.suppress(OSError):
-            info = os.stat(self.paths[index])
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a NUL or lone surrogate
+            info = os.stat(item.path)
             item.file_size, item.file_mtime = info.st_size, info.st_mtime
         try:
-            image = load_image(self.paths[index], max_pixels=self.max_pixels)
+            image = load_image(item.path, max_pixels=self.max_pixels)
         except ImageReadError as exc:
             item.error = str(exc)
             return item
@@ -91,7 +121,7 @@ class _FileDataset(Dataset):
         # Only files that decoded as an image are opened again for their metadata: a FIFO, a
         # device or a format the toolkit does not decode never reaches the metadata readers.
         if self.provenance:
-            item.provenance = read_provenance(self.paths[index])
+            item.provenance = read_provenance(item.path)
         item.width, item.height = image.size
         stage = "perturbing the image"
         try:

@@ -164,6 +164,23 @@ def test_nan_score_labels_that_row_error_and_scores_the_rest(tmp_path: Path,
     assert dark["label"] != "error" and 0.0 < dark["fake_score"] < 0.5 and dark["error"] == ""
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_path_no_file_can_have_is_that_paths_error_row(tmp_path: Path,
+                                                         default_detector: Detector,
+                                                         workers: int) -> None:
+    # A NUL byte, or a lone surrogate (not a surrogate escape): the operating system takes
+    # neither; a list handed to the Python API can hold both.
+    Image.new("RGB", (30, 30), (90, 0, 0)).save(tmp_path / "ok.png")
+    ok = str(tmp_path / "ok.png")
+    paths = [ok, str(tmp_path / "nul\x00.png"), str(tmp_path / "lone-\ud800.png"), ok]
+    frame = classify_files(paths, model=default_detector, face_crop=False, num_workers=workers,
+                           progress=False)
+    assert frame["path"].tolist() == paths
+    assert frame["label"].tolist()[1:3] == ["error", "error"]
+    assert "null byte" in frame["error"][1] and "surrogates not allowed" in frame["error"][2]
+    assert frame["fake_score"][[0, 3]].notna().all()
+
+
 def test_label_schemes_call_nan_an_error() -> None:
     assert Bands()(math.nan) == "error" and Threshold(0.5)(math.nan) == "error"
     assert Bands()(0.9) == "likely fake" and Threshold(0.5)(0.5) == "fake"

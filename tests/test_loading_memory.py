@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from deepfake_toolkit import classify_files
+from deepfake_toolkit.pipeline import PackedPaths
 from deepfake_toolkit.models import get_spec
 from deepfake_toolkit.models.loading import build_loaded
 
@@ -177,3 +178,51 @@ def test_classify_workers_start_with_the_main_processs_objects_frozen(tmp_path):
     seen = [int(f.read_text()) for f in records.iterdir()]
     assert len(seen) == 1 and seen[0] > 1000  # one worker, forked with the objects frozen
     assert gc.get_freeze_count() == 0  # and the main process's are back when the run ends
+
+
+PATHS_PROBE = """
+import os, sys
+from deepfake_toolkit.pipeline import _FileDataset
+
+def private_kib():
+    with open("/proc/self/smaps_rollup") as rollup:
+        return sum(int(line.split()[1]) for line in rollup
+                   if line.startswith(("Private_Dirty:", "Private_Clean:")))
+
+paths = [f"/data/case-{i // 1000:03d}/image_{i:07d}_from_the_camera_roll.jpg"
+         for i in range(200_000)]  # about 20 MB of path strings
+dataset = _FileDataset(paths, [], None, True, "whole", 1, None)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    before = private_kib()
+    total = sum(len(dataset.paths[i]) for i in range(len(dataset.paths)))  # as a worker reads
+    os.write(write, f"{private_kib() - before} {total}".encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.read(read, 64).decode(), sum(map(len, paths)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc only")
+def test_a_worker_reading_every_path_leaves_the_main_processs_paths_shared():
+    done = subprocess.run([sys.executable, "-c", PATHS_PROBE], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    copied, read_in_child, expected = (int(v) for v in done.stdout.split())
+    assert read_in_child == expected  # the child read every path, whole
+    # A list of strings: the child copies about 20 MB of pages (every reference count written).
+    assert copied < 3_000
+
+
+def test_packed_paths_give_back_every_path_exactly():
+    names = ["/photos/a.jpg", "relative/b.png", "caf\u00e9/\u732b.jpg",
+             os.fsdecode(b"/photos/\xff\xfe-not-utf8.jpg"),  # surrogate escapes
+             "/photos/lone-\ud800-surrogate.jpg", "", "/with\x00nul.png"]
+    packed = PackedPaths([*names, Path("/photos/c.jpg")])
+    assert len(packed) == len(names) + 1
+    assert [packed[i] for i in range(len(packed))] == [*names, "/photos/c.jpg"]
+    assert packed[-1] == "/photos/c.jpg" and packed[1:3] == names[1:3]
+    with pytest.raises(IndexError):
+        packed[len(packed)]
+    assert list(PackedPaths([])) == []
