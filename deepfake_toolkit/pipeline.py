@@ -462,7 +462,10 @@ def classify_files(
         waiting: list[_Item] = []
         try:
             with frozen_for_workers(workers):
-                for item in loader:
+                for index, item in enumerate(loader):
+                    # The row keeps this process's own string, not the copy the worker sent.
+                    if item.path == paths[index]:
+                        item.path = paths[index]
                     waiting.append(item)
                     bar.update(1)
                     if len(waiting) == batch_size:

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,12 +198,26 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for column in _BOOL_COLUMNS:
         frame[column] = frame[column].astype(bool)
     for column in _TEXT_COLUMNS:
+        # Short repeated texts ("none", a model name) are made one object each: rows from
+        # decoding workers arrive with a copy per row (about 5 MB per 100,000 rows and column).
+        keep = str if column in _UNIQUE_TEXT_COLUMNS else _shared_text
         frame[column] = text_series(["" if v is None or v is pd.NA or (isinstance(v, float)
                                                                      and math.isnan(v))
-                                     else str(v) for v in frame[column]], frame.index)
+                                     else keep(str(v)) for v in frame[column]], frame.index)
     for column in _NULLABLE_BOOL_COLUMNS:
         frame[column] = frame[column].map(_nullable_bool).astype("boolean")
     return frame
+
+
+_UNIQUE_TEXT_COLUMNS = frozenset({"path", "error", "stability_scores"})
+"""Text columns whose cells are mostly different from row to row."""
+
+_SHARED_TEXT_MAX = 64
+"""Longer texts are kept as they are."""
+
+
+def _shared_text(text: str) -> str:
+    return sys.intern(text) if type(text) is str and len(text) <= _SHARED_TEXT_MAX else text
 
 
 def text_series(values: Iterable[Any], index: pd.Index) -> pd.Series:

@@ -114,3 +114,19 @@ def test_parquet_keeps_the_schema_types_when_a_column_is_all_empty(tmp_path):
     assert schema.field("width").type == pa.int64()
     back = read_parquet(path)
     assert back["face_box"][0] is None and pd.isna(back["width"][0])
+
+
+def test_repeated_short_texts_are_one_object_per_value_and_paths_stay_exact():
+    # Rows from decoding workers arrive unpickled: every "none" is a string of its own.
+    rows = [{"path": "/photos/" + "a" * i, "model": "".join(["cn", "n"]),
+             "c2pa_status": "".join(["no", "ne"]), "exif_make": "".join(["Can", "on"]),
+             "error": "".join(["bro", "ken"]), "fake_score": 0.5} for i in range(50)]
+    assert len({id(row["c2pa_status"]) for row in rows}) == 50
+    frame = results_frame(rows)
+    for column in ("model", "c2pa_status", "exif_make"):
+        assert len({id(v) for v in frame[column]}) == 1, column
+    assert (frame["c2pa_status"] == "none").all() and (frame["exif_make"] == "Canon").all()
+    assert frame["path"].tolist() == [row["path"] for row in rows]
+    long_text = "x" * 200  # long texts are left as they are
+    assert results_frame([{"path": "p", "exif_software": long_text}])["exif_software"][0] \
+        == long_text
