@@ -29,7 +29,7 @@ from .models import Detector, load_model, resolve_device
 from .models.transforms import ImageTransform
 from .output import check_writable, open_result_file
 from .provenance import empty_provenance, read_provenance
-from .results import empty_results, results_frame
+from .results import ResultColumns, empty_results, results_frame
 from .scoring import FaceSettings, Scoring, run_policies
 
 ModelArg = str | Detector | Sequence[str | Detector]
@@ -439,8 +439,11 @@ def classify_files(
                             prefetch_factor=batch_size if workers else None,
                             persistent_workers=False)
 
-        # Each batch is kept as a small table (not as row dicts) and streamed to the output.
-        parts = _Tables([output.kept] if output is not None and len(output.kept) else [])
+        # Each batch's rows are copied into the run's preallocated columns and streamed to the
+        # output.
+        kept = output.kept if output is not None else empty_results()
+        parts = ResultColumns(len(kept) + len(paths) * len(detectors))
+        parts.append(kept)
         n_done = 0
         started = time.perf_counter()
         stopped = interrupted = False
@@ -541,32 +544,6 @@ def classify_directory(
     """
     files = list(iter_images(path, recursive=recursive))
     return classify_files(files, model=model, face_crop=face_crop, **options)
-
-
-class _Tables:
-    """Result rows kept as a few tables. A table of one batch carries about 100 kB of pandas
-    bookkeeping (a block per column), more than its rows: batches are merged as they come, so
-    that 100,000 files cost a few tables, not 3,000."""
-
-    MERGE_EVERY = 16
-
-    def __init__(self, tables: list[pd.DataFrame]) -> None:
-        self._merged = list(tables)
-        self._recent: list[pd.DataFrame] = []
-
-    def append(self, table: pd.DataFrame) -> None:
-        self._recent.append(table)
-        if len(self._recent) >= self.MERGE_EVERY:
-            self._merged.append(pd.concat(self._recent, ignore_index=True))
-            self._recent = []
-
-    def table(self) -> pd.DataFrame:
-        """Every row, in the order appended."""
-        tables = self._merged + self._recent
-        self._merged, self._recent = [], []
-        if not tables:
-            return empty_results()
-        return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
 
 
 def _progress_bar(total: int, detectors: list[Detector], enabled: bool):

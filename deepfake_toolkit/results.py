@@ -209,6 +209,85 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+class ResultColumns:
+    """The rows of a run, gathered batch by batch into one preallocated array per column.
+
+    A run knows how many rows it will make, so its columns are allocated once and each batch's
+    rows are copied in and dropped. Keeping the batches as tables and concatenating them at the
+    end held every row twice at that moment, plus pandas' bookkeeping per table (on 100,000
+    rows: about 60 MB of tables and 27 MB of result, against the 27 MB of result alone).
+    More rows than announced are taken too (the columns grow).
+
+    Args:
+        capacity: Rows expected.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._n = 0
+        self._capacity = max(int(capacity), 1)
+        self._columns = {c: _empty_column(kind, self._capacity) for c, kind in COLUMN_TYPES.items()}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Copy in the rows of a result table (:func:`results_frame`'s schema)."""
+        n = len(frame)
+        if not n:
+            return
+        if self._n + n > self._capacity:
+            self._grow(max(self._n + n, 2 * self._capacity))
+        rows = slice(self._n, self._n + n)
+        for column, kind in COLUMN_TYPES.items():
+            values = frame[column]
+            if kind in _MASKED_KINDS:
+                data, mask = self._columns[column]
+                missing = values.isna().to_numpy()
+                mask[rows] = missing
+                data[rows] = values.to_numpy(dtype=data.dtype, na_value=0)
+            else:
+                self._columns[column][rows] = values.to_numpy(dtype=_NUMPY_DTYPES[kind])
+        self._n += n
+
+    def table(self) -> pd.DataFrame:
+        """Every row appended, in order, with :func:`results_frame`'s dtypes (no copy)."""
+        if not self._n:
+            return empty_results()
+        rows = slice(0, self._n)
+        columns = {}
+        for column, kind in COLUMN_TYPES.items():
+            if kind == "int":
+                data, mask = self._columns[column]
+                columns[column] = pd.arrays.IntegerArray(data[rows], mask[rows])
+            elif kind == "nullable_bool":
+                data, mask = self._columns[column]
+                columns[column] = pd.arrays.BooleanArray(data[rows], mask[rows])
+            else:
+                # dtype object stated: pandas would otherwise turn text into its own str type.
+                columns[column] = pd.Series(self._columns[column][rows],
+                                            dtype=_NUMPY_DTYPES[kind], copy=False)
+        return pd.DataFrame(columns, copy=False)
+
+    def _grow(self, capacity: int) -> None:
+        for column, kind in COLUMN_TYPES.items():
+            old, new = self._columns[column], _empty_column(kind, capacity)
+            for target, source in zip(new if kind in _MASKED_KINDS else (new,),
+                                      old if kind in _MASKED_KINDS else (old,)):
+                target[:self._n] = source[:self._n]
+            self._columns[column] = new
+        self._capacity = capacity
+
+
+_NUMPY_DTYPES = {"text": object, "box": object, "float": np.float64, "bool": np.bool_}
+_MASKED_KINDS = {"int": np.int64, "nullable_bool": np.bool_}
+
+
+def _empty_column(kind: str, capacity: int):
+    if kind in _MASKED_KINDS:
+        return np.zeros(capacity, dtype=_MASKED_KINDS[kind]), np.ones(capacity, dtype=bool)
+    return np.empty(capacity, dtype=_NUMPY_DTYPES[kind])
+
+
 _UNIQUE_TEXT_COLUMNS = frozenset({"path", "error", "stability_scores"})
 """Text columns whose cells are mostly different from row to row."""
 

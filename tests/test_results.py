@@ -4,7 +4,7 @@ import os
 import pandas as pd
 import pytest
 
-from deepfake_toolkit.results import COLUMNS, Bands, read_csv, \
+from deepfake_toolkit.results import COLUMNS, Bands, ResultColumns, read_csv, \
     read_parquet, read_table, results_frame, summary, write_csv, write_parquet, write_table
 
 
@@ -130,3 +130,24 @@ def test_repeated_short_texts_are_one_object_per_value_and_paths_stay_exact():
     long_text = "x" * 200  # long texts are left as they are
     assert results_frame([{"path": "p", "exif_software": long_text}])["exif_software"][0] \
         == long_text
+
+
+def test_result_columns_give_the_table_that_concatenating_the_batches_gives():
+    batches = []
+    for b in range(4):
+        rows = _rows()
+        rows[0].update(path=f"/data/{b}.jpg", provenance_says_ai=bool(b % 2),
+                       file_size=10 * b, file_mtime=1.5 * b, c2pa_status="none")
+        rows[1].update(provenance_says_ai=None)  # missing: a nullable bool stays missing
+        batches.append(results_frame(rows))
+    gathered = ResultColumns(capacity=3)  # fewer rows announced than come: the columns grow
+    for batch in batches:
+        gathered.append(batch)
+    gathered.append(results_frame([]))
+    table = gathered.table()
+    expected = pd.concat(batches, ignore_index=True)
+    pd.testing.assert_frame_equal(table, expected)
+    assert len(gathered) == 8 and table["n_faces"].isna().sum() == 0
+    assert table["width"].isna().tolist() == [False, True] * 4
+    assert table["face_box"][0] == (1.5, 2.0, 30.25, 40.0) and table["face_box"][1] is None
+    assert ResultColumns(10).table().empty
