@@ -166,9 +166,7 @@ def last_block_tokens(crops: list, tower, per_pass: int = 4,
     with (torch.inference_mode(),
           torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)):
         for part in x.split(per_pass):
-            patches = tower.patch_embedding(part).flatten(2).transpose(1, 2)
-            cls = tower.class_embedding.expand(part.shape[0], 1, -1).to(patches.dtype)
-            h = tower.pre_layrnorm(torch.cat([cls, patches], dim=1) + tower.position_embedding)
+            h = tower.input_tokens(part)
             for block in tower.layers[:-1]:
                 h = block(h)
             out.append(h.float())

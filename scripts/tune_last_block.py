@@ -78,17 +78,7 @@ class LastBlockProbe(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The projected embedding, (N, embed_dim), from tokens (N, T, width)."""
-        block = self.block
-        n, t, width = tokens.shape
-        heads = block.heads
-        x = block.layer_norm1(tokens)
-        q = block.q_proj(x[:, :1]).view(n, 1, heads, width // heads).transpose(1, 2)
-        k = block.k_proj(x).view(n, t, heads, width // heads).transpose(1, 2)
-        v = block.v_proj(x).view(n, t, heads, width // heads).transpose(1, 2)
-        attended = nn.functional.scaled_dot_product_attention(q, k, v)
-        cls = tokens[:, 0] + block.out_proj(attended.transpose(1, 2).reshape(n, width))
-        h = block.fc1(block.layer_norm2(cls))
-        cls = cls + block.fc2(h * torch.sigmoid(1.702 * h))
+        cls = self.block(tokens, queries=1)[:, 0]
         return self.visual_projection(self.post_layernorm(cls))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -101,13 +101,18 @@ class _Block(nn.Module):
         self.fc1 = nn.Linear(c.width, c.mlp_width)
         self.fc2 = nn.Linear(c.mlp_width, c.width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+        """The block's output tokens; with ``queries``, only the first ``queries`` of them
+        (every token still serves as key and value: the same values, less work)."""
         n, t, w = x.shape
         h = self.layer_norm1(x)
-        q, k, v = (proj(h).view(n, t, self.heads, w // self.heads).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if queries is not None:
+            x = x[:, :queries]
+        q = self.q_proj(h if queries is None else h[:, :queries])
+        q, k, v = (p.view(n, -1, self.heads, w // self.heads).transpose(1, 2)
+                   for p in (q, self.k_proj(h), self.v_proj(h)))
         attended = nn.functional.scaled_dot_product_attention(q, k, v)
-        x = x + self.out_proj(attended.transpose(1, 2).reshape(n, t, w))
+        x = x + self.out_proj(attended.transpose(1, 2).reshape(n, -1, w))
         h = self.fc1(self.layer_norm2(x))
         return x + self.fc2(h * torch.sigmoid(1.702 * h))  # CLIP's "quick GELU"
 
@@ -146,9 +151,7 @@ class ClipVisionTower(nn.Module):
         """
         reduced = self.compute_dtype != torch.float32
         with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=reduced):
-            patches = self.patch_embedding(x).flatten(2).transpose(1, 2)
-            cls = self.class_embedding.expand(x.shape[0], 1, -1).to(patches.dtype)
-            h = self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self.position_embedding)
+            h = self.input_tokens(x)
             per_layer = []
             for block in self.layers:
                 h = block(h)
@@ -157,6 +160,13 @@ class ClipVisionTower(nn.Module):
             embeds = self.visual_projection(pooled)
         return {"cls": torch.stack(per_layer, dim=1).float(), "pooled": pooled.float(),
                 "embeds": embeds.float()}
+
+    def input_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens entering the first block, (N, 1 + patches, width): the class token and the
+        patch embeddings, with positions, after the pre-LayerNorm."""
+        patches = self.patch_embedding(x).flatten(2).transpose(1, 2)
+        cls = self.class_embedding.expand(x.shape[0], 1, -1).to(patches.dtype)
+        return self.pre_layrnorm(torch.cat([cls, patches], dim=1) + self.position_embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The projected image embedding (what the ONNX graph's ``image_embeds`` output is)."""
