@@ -218,23 +218,38 @@ class ResultColumns:
     rows: about 60 MB of tables and 27 MB of result, against the 27 MB of result alone).
     More rows than announced are taken too (the columns grow).
 
+    The columns are allocated when the first rows arrive, not before: a run's first batch comes
+    after its decoding workers have forked, so the workers share none of the pages the run then
+    fills (a shared page that the main process writes is copied, and then held twice).
+
     Args:
         capacity: Rows expected.
+        first: Rows that come before every appended row (a resumed run's kept rows), copied in
+            when the columns are allocated.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, first: pd.DataFrame | None = None) -> None:
         self._n = 0
         self._capacity = max(int(capacity), 1)
-        self._columns = {c: _empty_column(kind, self._capacity) for c, kind in COLUMN_TYPES.items()}
+        self._columns: dict[str, Any] | None = None
+        self._first = first if first is not None and len(first) else None
 
     def __len__(self) -> int:
-        return self._n
+        return self._n + (len(self._first) if self._first is not None else 0)
+
+    def _allocate(self) -> None:
+        self._columns = {c: _empty_column(kind, self._capacity) for c, kind in COLUMN_TYPES.items()}
+        first, self._first = self._first, None
+        if first is not None:
+            self.append(first)
 
     def append(self, frame: pd.DataFrame) -> None:
         """Copy in the rows of a result table (:func:`results_frame`'s schema)."""
         n = len(frame)
         if not n:
             return
+        if self._columns is None:
+            self._allocate()
         if self._n + n > self._capacity:
             self._grow(max(self._n + n, 2 * self._capacity))
         rows = slice(self._n, self._n + n)
@@ -251,6 +266,8 @@ class ResultColumns:
 
     def table(self) -> pd.DataFrame:
         """Every row appended, in order, with :func:`results_frame`'s dtypes (no copy)."""
+        if self._columns is None and self._first is not None:
+            self._allocate()
         if not self._n:
             return empty_results()
         rows = slice(0, self._n)

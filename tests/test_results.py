@@ -1,5 +1,6 @@
 import math
 import os
+import tracemalloc
 
 import pandas as pd
 import pytest
@@ -151,3 +152,24 @@ def test_result_columns_give_the_table_that_concatenating_the_batches_gives():
     assert table["width"].isna().tolist() == [False, True] * 4
     assert table["face_box"][0] == (1.5, 2.0, 30.25, 40.0) and table["face_box"][1] is None
     assert ResultColumns(10).table().empty
+
+
+def test_result_columns_take_memory_only_when_rows_come_and_put_the_first_rows_first():
+    # A run makes its columns before forking its decoding workers and fills them after: memory
+    # allocated before the fork and written after would be copied, so nothing is allocated yet.
+    first = results_frame(_rows())
+    tracemalloc.start()
+    try:
+        gathered = ResultColumns(1_000_000, first=first)
+        allocated = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert allocated < 100_000  # a million rows' columns would be over 100 MB
+    assert len(gathered) == 2
+    later = results_frame([{**row, "path": f"/data/later-{i}.jpg"}
+                           for i, row in enumerate(_rows())])
+    gathered.append(later)
+    expected = pd.concat([results_frame(_rows()), later], ignore_index=True)
+    pd.testing.assert_frame_equal(gathered.table(), expected)
+    # With no rows appended, the first rows alone are the table.
+    pd.testing.assert_frame_equal(ResultColumns(5, first=later).table(), later)
