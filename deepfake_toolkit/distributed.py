@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 
 from .faces import Face, FaceCropper, NoFacePolicy
-from .images import DEFAULT_MAX_PIXELS
+from .images import DEFAULT_MAX_PIXELS, path_text
 from .models import Detector
 from .models.loading import build_loaded, set_precision
 from .output import ResultFile, check_writable, open_result_file
@@ -527,7 +527,7 @@ def classify_files_on_ray(
     locally (see :class:`~deepfake_toolkit.output.ResultFile`): rows reach the partial in the
     order they arrive, and the finished output holds them in the local engine's order.
     """
-    paths = [str(Path(f).expanduser()) for f in files]
+    paths = [path_text(f) for f in files]
     if output_csv is not None:
         check_writable(output_csv)
     detectors = load_detectors(model, options.pop("weights_dir", None), "cpu")

@@ -36,6 +36,7 @@ import pandas as pd
 from .calibration import CalibrationMethod
 from .confounds import CONFOUND_WARN_AT, ConfoundWarning, confound_check, confound_messages, \
     file_facts
+from .images import path_text
 from .labels import ALL_IMAGES, FAKE, REAL, LabelsArg, check_label_table, \
     label_files, subset_views
 from .metrics import binary_metrics, reliability_bins
@@ -120,7 +121,7 @@ def score_labelled(
         frames.append(frame)
     scored = pd.concat(frames, ignore_index=True)
     scored["path"] = scored["path"].map(str)
-    truth = labelled.assign(path=[str(Path(p).expanduser()) for p in labelled["path"]])
+    truth = labelled.assign(path=[path_text(p) for p in labelled["path"]])
     facts = file_facts(truth["path"])
     table = scored.merge(truth, on="path", how="left").merge(facts, on="path", how="left")
     return apply_operating_points(table, default_operating_points(detectors, threshold))

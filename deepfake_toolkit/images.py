@@ -7,6 +7,7 @@ so a caller can record it next to the file and carry on with the rest of a folde
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Iterator
@@ -63,6 +64,24 @@ class VirtualFolderError(NotADirectoryError):
     """A folder lies on a virtual file system (``/proc``, ``/sys``, ``/dev``): no images there."""
 
 
+# What pathlib would rewrite in a path's text: a doubled slash, a "." part, a trailing slash.
+_NOT_AS_PATHLIB_WRITES = re.compile(r"//|(?:^|/)\.(?:/|$)|./$")
+
+
+def path_text(path: str | os.PathLike[str]) -> str:
+    """``str(Path(path).expanduser())``, without making a Path where the text is already that.
+
+    pathlib interns every part of every path it parses (file names included) in a table that
+    never shrinks: over 100,000 files that table alone holds megabytes. Most paths are already
+    in pathlib's form and are returned as they are; the rest go through pathlib.
+    """
+    text = os.fspath(path)
+    if (isinstance(text, str) and text and not text.startswith("~")
+            and not _NOT_AS_PATHLIB_WRITES.search(text)):
+        return text
+    return str(Path(path).expanduser())
+
+
 def printable_path(path: str | os.PathLike[str]) -> str:
     """``path`` as text that can be shown and encoded anywhere: bytes of a file name that are not
     UTF-8 (kept by Python as surrogate escapes) are written as ``\\xNN``."""
@@ -94,7 +113,10 @@ def virtual_devices() -> frozenset[int]:
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has one of the :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    # Not Path(path).suffix: pathlib interns every file name it parses, in a table that never
+    # shrinks. A name that is only an extension (".jpg") has none, as for pathlib.
+    name = os.path.basename(os.fspath(path).rstrip("/"))
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def find_images(folder: str | os.PathLike[str], recursive: bool = True,

@@ -21,6 +21,7 @@ has not changed since, not that what the image shows is true.
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import re
 from functools import lru_cache
@@ -177,7 +178,13 @@ def read_c2pa(path: str | os.PathLike[str]) -> dict[str, str]:
         return {"c2pa_status": "unavailable"}
     try:
         context = _c2pa_context(os.getpid(), os.environ.get(TRUST_ANCHORS_ENV, ""))
-        reader = c2pa.Reader(str(path), context=context)
+        # The file opened here and given as a stream, with the format its extension names (as
+        # c2pa does for a path, which it reads the same way): c2pa parses a path with pathlib,
+        # which interns every file name in a table that never shrinks.
+        with open(os.fspath(path), "rb") as stream:
+            with c2pa.Reader(_c2pa_format(path), stream, context=context) as reader:
+                store = json.loads(reader.json())
+                remote_url = reader.get_remote_url() or ""
     except c2pa.C2paError as exc:
         message = str(exc)
         kind = type(exc).__name__
@@ -191,13 +198,16 @@ def read_c2pa(path: str | os.PathLike[str]) -> dict[str, str]:
         return {"c2pa_status": "error", "c2pa_codes": message}
     except Exception as exc:  # noqa: BLE001 - a damaged file must not stop a run
         return {"c2pa_status": "error", "c2pa_codes": f"{type(exc).__name__}: {exc}"}
-    try:
-        with reader:
-            store = json.loads(reader.json())
-            remote_url = reader.get_remote_url() or ""
-    except Exception as exc:  # noqa: BLE001
-        return {"c2pa_status": "error", "c2pa_codes": f"{type(exc).__name__}: {exc}"}
     return _c2pa_cells(store, remote_url)
+
+
+def _c2pa_format(path: str | os.PathLike[str]) -> str | None:
+    """The MIME type c2pa would take from the file's extension; None: c2pa reads it from the
+    bytes."""
+    text = os.fspath(path)
+    if os.path.splitext(text)[1].lower() == ".dng":
+        return "image/dng"  # mimetypes guesses another type (as c2pa notes)
+    return mimetypes.guess_type(text)[0]
 
 
 def _c2pa_cells(store: dict[str, Any], remote_url: str) -> dict[str, str]:
@@ -256,7 +266,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The XMP, EXIF and generator columns of a file, read with Pillow (no pixels decoded)."""
     cells: dict[str, str] = {}
     try:
-        with Image.open(Path(path), formats=DECODED_FORMATS) as image:
+        # The path as given, not a Path: pathlib interns every file name it parses, in a table
+        # that never shrinks (a few MB per worker over 100,000 files).
+        with Image.open(os.fspath(path), formats=DECODED_FORMATS) as image:
             cells.update(_xmp_cells(image))
             exif = image.getexif()
             exif_ifd = exif.get_ifd(_EXIF_IFD)

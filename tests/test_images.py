@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake_toolkit.images import ImageReadError, find_images, load_image, to_rgb
+from deepfake_toolkit.images import IMAGE_EXTENSIONS, ImageReadError, find_images, is_image_file, \
+    load_image, path_text, to_rgb
 
 from .corpus import CORPUS_MAX_PIXELS, GOOD, write_corpus
 
@@ -97,3 +98,30 @@ def test_gif_uses_first_frame(corpus):
     with Image.open(folder / "animated.gif") as gif:
         first = np.asarray(gif.convert("RGB"))
     assert np.array_equal(np.asarray(load_image(folder / "animated.gif")), first)
+
+
+# Paths pathlib rewrites (doubled slashes, "." parts, trailing slashes, "~"), names that are only
+# an extension, several dots, and a name that is not UTF-8.
+_TRICKY_PATHS = ["a.jpg", "/data/x/IMG_1.JPG", "dir//b.png", "./c.webp", "a/./b.jpeg", "a/.",
+                 ".", "..", "../x.jpg", "/", "//net/x.jpg", "///x.png", "d/", "x.jpg/", "~",
+                 "~/case/1.png", "a/../b.jpg", ".jpg", "dir/.png", "x.tar.png", "a.", "a..png",
+                 ".hidden.jpg", "a b/ c .PNG", "f\udcff.png", "dir.jpg/b"]
+
+
+@pytest.mark.parametrize("text", _TRICKY_PATHS)
+def test_path_text_and_image_extensions_read_paths_as_pathlib_does(text):
+    # Both avoid pathlib for memory (it interns every file name it parses); their answers are
+    # pathlib's own.
+    assert path_text(text) == str(Path(text).expanduser())
+    assert path_text(Path(text)) == str(Path(text).expanduser())
+    assert is_image_file(text) == (Path(text).suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def test_path_text_makes_no_path_for_a_path_already_in_pathlibs_form(monkeypatch):
+    import deepfake_toolkit.images as images
+
+    made = []
+    monkeypatch.setattr(images, "Path", lambda *args: made.append(args) or Path(*args))
+    assert path_text("/data/case/IMG_0001.jpg") == "/data/case/IMG_0001.jpg"
+    assert not made
+    assert path_text("/data//case/") == "/data/case" and made
