@@ -11,12 +11,16 @@ writes beside the weights) under "validation_through_pipeline" and "reference_sc
 
 With --face-detector retinaface it scores the same split with RetinaFace crops instead of the
 MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality).
+--model NAME scores another registered model's on the same split, with its own face-crop
+settings (the reference scores are the CNN's, and are left out then).
 
 Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json
            [--weights-dir DIR] [--into RECORD.json] [--face-detector mtcnn|retinaface]
+           [--model NAME]
 """
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -25,7 +29,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from deepfake_toolkit import FaceCropConfig, classify_files
+from deepfake_toolkit import classify_files
 from deepfake_toolkit.models import load_model
 from deepfake_toolkit.train import (
     TrainConfig,
@@ -39,11 +43,13 @@ REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
 
 def validate(root: str, groups_csv: str, weights_dir: str | None,
-             face_config: FaceCropConfig | None = None) -> dict:
+             face_detector: str = "mtcnn", model: str = "cnn") -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
-    detector = load_model("cnn", weights_dir=weights_dir)
+    detector = load_model(model, weights_dir=weights_dir)
+    # The model's own face-crop settings, with only the detector changed.
+    face_config = dataclasses.replace(detector.scoring.face, detector=face_detector)
     scored = classify_files(val["path"].tolist(), detector, progress=False,
                             face_config=face_config)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
@@ -53,7 +59,7 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
     reals = val[val["label"] == 0]
     return {
         "images": len(val), "threshold": threshold, "metrics": metrics,
-        "face_detector": (face_config or FaceCropConfig()).detector,
+        "model": model, "face_detector": face_detector,
         "images_per_second": scored.attrs["images_per_second"],
         "shortcut_check": {
             "auc_of_pixel_count_for_label": roc_auc_score(val["label"], val["pixels"]),
@@ -89,15 +95,18 @@ def main() -> None:
                                               "(default: the project's weights/)")
     parser.add_argument("--into", help="training record to add the results to")
     parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn")
+    parser.add_argument("--model", default="cnn", help="registered model to validate (default: "
+                                                         "cnn)")
     args = parser.parse_args()
-    record = validate(args.root, args.groups, args.weights_dir,
-                      FaceCropConfig(detector=args.face_detector))
-    references = reference_scores(args.weights_dir)
+    record = validate(args.root, args.groups, args.weights_dir, args.face_detector, args.model)
+    references = reference_scores(args.weights_dir) if args.model == "cnn" else {"scores": {}}
     Path(args.out).write_text(json.dumps({**record, "reference_scores": references},
                                          indent=1, default=float))
     if args.into:
         training = json.loads(Path(args.into).read_text())
-        training.update(validation_through_pipeline=record, reference_scores=references)
+        training.update(validation_through_pipeline=record)
+        if references["scores"]:
+            training.update(reference_scores=references)
         Path(args.into).write_text(json.dumps(training, indent=1, default=float) + "\n")
     for name, values in record["metrics"].items():
         print(f"{name:26s} auc {values.get('auc', float('nan')):.3f} "
