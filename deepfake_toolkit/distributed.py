@@ -265,7 +265,9 @@ class _CropStage:
     def __call__(self, batch: dict[str, np.ndarray]):
         # Paths travel in escape_cell form: Arrow text cannot hold bytes that are not UTF-8.
         paths = [unescape_cell(str(p)) for p in batch["path"]]
-        files = _FileDataset([Path(p) for p in paths], self.transforms, self.cropper,
+        # path_text: pathlib's form of each path without a Path per file (pathlib interns every
+        # file name it parses, in a table that never shrinks).
+        files = _FileDataset([path_text(p) for p in paths], self.transforms, self.cropper,
                              detect_here=True, no_face=self.no_face, max_pixels=self.max_pixels,
                              perturb=self.perturb, provenance=self.provenance)
         items = []
@@ -275,7 +277,7 @@ class _CropStage:
             except Exception as exc:  # noqa: BLE001 - one bad file must never stop a run
                 item = _Item(path=path, error=f"unexpected error while preparing: "
                                               f"{type(exc).__name__}: {exc}")
-            item.path = path  # as given (a URI-like string would not survive Path())
+            item.path = path  # as given (a URI-like string would not survive pathlib's form)
             items.append(item)
         return _items_to_columns(items, len(self.transforms))
 

@@ -111,12 +111,21 @@ def virtual_devices() -> frozenset[int]:
     return frozenset(devices)
 
 
+def path_suffix(path: str | os.PathLike[str]) -> str:
+    """``Path(path).suffix.lower()``, without making a Path: pathlib interns every file name it
+    parses, in a table that never shrinks. pathlib's rule: from the name's last dot, unless that
+    dot is its first or last character (".jpg" and "a." have none)."""
+    text = os.fspath(path)
+    if not isinstance(text, str) or _NOT_AS_PATHLIB_WRITES.search(text):
+        return Path(path).suffix.lower()  # text pathlib rewrites first (rare)
+    name = text.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
 def is_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` has one of the :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    # Not Path(path).suffix: pathlib interns every file name it parses, in a table that never
-    # shrinks. A name that is only an extension (".jpg") has none, as for pathlib.
-    name = os.path.basename(os.fspath(path).rstrip("/"))
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return path_suffix(path) in IMAGE_EXTENSIONS
 
 
 def find_images(folder: str | os.PathLike[str], recursive: bool = True,

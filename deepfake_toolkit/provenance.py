@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from .images import DECODED_FORMATS
+from .images import DECODED_FORMATS, path_suffix
 
 C2PA_STATUSES = ("none", "valid", "untrusted", "invalid", "remote", "error", "unavailable")
 """Values of ``c2pa_status``:
@@ -204,10 +204,9 @@ def read_c2pa(path: str | os.PathLike[str]) -> dict[str, str]:
 def _c2pa_format(path: str | os.PathLike[str]) -> str | None:
     """The MIME type c2pa would take from the file's extension; None: c2pa reads it from the
     bytes."""
-    text = os.fspath(path)
-    if os.path.splitext(text)[1].lower() == ".dng":
+    if path_suffix(path) == ".dng":
         return "image/dng"  # mimetypes guesses another type (as c2pa notes)
-    return mimetypes.guess_type(text)[0]
+    return mimetypes.guess_type(os.fspath(path))[0]
 
 
 def _c2pa_cells(store: dict[str, Any], remote_url: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ writes beside the weights) under "validation_through_pipeline" and "reference_sc
 
 With --face-detector retinaface it scores the same split with RetinaFace crops instead of the
 MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality).
---model NAME scores another registered model's on the same split, with its own face-crop
+--model NAME scores another registered model on the same split, with its own face-crop
 settings (the reference scores are the CNN's, and are left out then).
 
 Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json

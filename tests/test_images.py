@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from deepfake_toolkit.images import IMAGE_EXTENSIONS, ImageReadError, find_images, is_image_file, \
-    load_image, path_text, to_rgb
+    load_image, path_suffix, path_text, to_rgb
 
 from .corpus import CORPUS_MAX_PIXELS, GOOD, write_corpus
 
@@ -104,7 +104,7 @@ def test_gif_uses_first_frame(corpus):
 # an extension, several dots, and a name that is not UTF-8.
 _TRICKY_PATHS = ["a.jpg", "/data/x/IMG_1.JPG", "dir//b.png", "./c.webp", "a/./b.jpeg", "a/.",
                  ".", "..", "../x.jpg", "/", "//net/x.jpg", "///x.png", "d/", "x.jpg/", "~",
-                 "~/case/1.png", "a/../b.jpg", ".jpg", "dir/.png", "x.tar.png", "a.", "a..png",
+                 "~/case/1.png", "a/../b.jpg", ".jpg", "dir/.png", "x.tar.png", "a.", "a..png", "..png", "...",
                  ".hidden.jpg", "a b/ c .PNG", "f\udcff.png", "dir.jpg/b"]
 
 
@@ -114,6 +114,7 @@ def test_path_text_and_image_extensions_read_paths_as_pathlib_does(text):
     # pathlib's own.
     assert path_text(text) == str(Path(text).expanduser())
     assert path_text(Path(text)) == str(Path(text).expanduser())
+    assert path_suffix(text) == Path(text).suffix.lower()
     assert is_image_file(text) == (Path(text).suffix.lower() in IMAGE_EXTENSIONS)
 
 
