@@ -53,13 +53,15 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
                        help=HELP["detect_max_side"])
     group.add_argument("--mtcnn-search", type=_mtcnn_search, metavar="PX|scaled",
                        help=HELP["mtcnn_search"])
+    group.add_argument("--retinaface-boxes", choices=("mtcnn", "raw"),
+                       help=HELP["retinaface_boxes"])
     if labels:
         group.add_argument("--threshold", type=float, metavar="T", help=HELP["threshold"])
         group.add_argument("--bands", action="store_true", default=None, help=HELP["bands"])
 
 
 FACE_SETTINGS = ("detector", "margin", "square", "min_face_size", "min_prob", "select", "edge",
-                 "detect_max_side", "mtcnn_search")
+                 "detect_max_side", "mtcnn_search", "retinaface_boxes")
 """The face-crop settings the CLI exposes as options (every field of FaceCropConfig)."""
 
 

@@ -26,6 +26,13 @@ RETINAFACE_MAX_SIDE = 640
 """RetinaFace looks for faces on a copy at most this many pixels on its longer side: its anchors
 cover faces up to 512 px, and on larger frames filled by one face it adds spurious boxes."""
 
+RETINAFACE_TO_MTCNN: tuple[float, float, float, float] = (-0.0178, -0.0093, 0.0093, 0.0065)
+"""How far MTCNN's box edges lie from RetinaFace's for the same face: the left and right edges'
+offsets as fractions of RetinaFace's box width, the top and bottom edges' as fractions of its
+height (median of each over matched faces of the training split of ``../shared/data/faces-train``,
+fitted by ``scripts/calibrate_retinaface.py``). With ``retinaface_boxes="mtcnn"`` RetinaFace's boxes
+are moved by these offsets, so that a crop frames a face as MTCNN's box would."""
+
 RETINAFACE_MIN_SCORE = 0.5
 """RetinaFace detections below this probability are never returned, whatever ``min_prob``."""
 
@@ -64,6 +71,10 @@ class FaceCropConfig:
             12 searches for every face it can find), or "scaled" for ``min_face_size`` scaled
             to that image: faces smaller than that are dropped anyway, and not searching for
             them skips the largest, slowest levels of MTCNN's image pyramid.
+        retinaface_boxes: "mtcnn" (RetinaFace's boxes moved onto the frame MTCNN draws around
+            the same face, :data:`RETINAFACE_TO_MTCNN`, so that ``margin`` frames a face the same
+            way with either detector and models trained on MTCNN crops see the crops they know),
+            or "raw" (the network's own boxes, tighter at chin and forehead).
     """
 
     margin: float = 0.1
@@ -75,6 +86,7 @@ class FaceCropConfig:
     detect_max_side: int | None = 1024
     detector: FaceDetectorName = "mtcnn"
     mtcnn_search: int | Literal["scaled"] = DETECTOR_WINDOW
+    retinaface_boxes: Literal["mtcnn", "raw"] = "mtcnn"
 
     def __post_init__(self) -> None:
         if self.mtcnn_search != "scaled" and (not isinstance(self.mtcnn_search, int)
@@ -83,6 +95,8 @@ class FaceCropConfig:
                              f"{DETECTOR_WINDOW}, not {self.mtcnn_search!r}")
         if self.detector not in FACE_DETECTORS:
             raise ValueError(f"detector must be mtcnn or retinaface, not {self.detector!r}")
+        if self.retinaface_boxes not in ("mtcnn", "raw"):
+            raise ValueError(f"retinaface_boxes must be mtcnn or raw, not {self.retinaface_boxes!r}")
         if self.margin < 0:
             raise ValueError("margin must be >= 0")
         if self.select not in ("largest", "probable", "all"):
@@ -135,6 +149,17 @@ def crop_window(
         right, bottom = min(float(width), right), min(float(height), bottom)
     return (int(round(left)), int(round(top)), max(int(round(right)), int(round(left)) + 1),
             max(int(round(bottom)), int(round(top)) + 1))
+
+
+def mtcnn_frame(box: tuple[float, float, float, float],
+                offsets: tuple[float, float, float, float] = RETINAFACE_TO_MTCNN,
+                ) -> tuple[float, float, float, float]:
+    """A RetinaFace box (x1, y1, x2, y2) moved onto MTCNN's frame by ``offsets`` (left and right
+    edges in box widths, top and bottom in box heights; see :data:`RETINAFACE_TO_MTCNN`)."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    return (x1 + offsets[0] * width, y1 + offsets[1] * height,
+            x2 + offsets[2] * width, y2 + offsets[3] * height)
 
 
 class FaceDetectorMissing(ImportError):
@@ -257,6 +282,8 @@ class FaceCropper:
         threshold = max(self.config.min_prob, RETINAFACE_MIN_SCORE)
         found = postprocess(outputs, *inputs.shape, score_threshold=threshold)[0]
         boxes = [(f.x, f.y, f.x + f.width, f.y + f.height) for f in found]
+        if self.config.retinaface_boxes == "mtcnn":
+            boxes = [mtcnn_frame(box) for box in boxes]
         return self.select_faces(boxes or None, [f.score for f in found], scale)
 
     def _detection_image(self, image: Image.Image) -> tuple[Image.Image, float]:

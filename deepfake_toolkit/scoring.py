@@ -50,6 +50,9 @@ HELP: dict[str, str] = {
     "mtcnn_search": "smallest face MTCNN searches for, in pixels of the image it looks at (12, "
                     "its window, finds every face it can), or 'scaled': min_face_size scaled to "
                     "that image, which skips the slowest pyramid levels",
+    "retinaface_boxes": "RetinaFace's boxes moved onto the frame MTCNN draws around the same "
+                        "face (mtcnn, the default: a margin frames a face the same way with either "
+                        "detector) or its own, tighter boxes (raw)",
 }
 """What each scoring setting does, in the words the CLI help, the server's task schema and the
 explorer show (one text, so that they cannot disagree)."""
@@ -217,6 +220,7 @@ _FACE_SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "margin": (int, float), "square": (bool,), "min_face_size": (int,),
     "min_prob": (int, float), "select": (str,), "edge": (str,),
     "detect_max_side": (int, type(None)), "detector": (str,), "mtcnn_search": (int, str),
+    "retinaface_boxes": (str,),
 }
 
 

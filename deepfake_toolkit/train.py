@@ -192,7 +192,7 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
     Only the detection depends on the cache; crops are cut from the image each time, so changing
     the margin or edge policy needs no new detection. Entries are keyed by path, size and
     modification time; ``min_face_size`` and ``min_prob`` are applied when reading, and a cache
-    made with another ``detector`` or ``detect_max_side`` is not used.
+    made with another ``detector`` (or RetinaFace box frame) or ``detect_max_side`` is not used.
 
     Returns:
         For each path, its faces (ordered by ``face_config.select``), or None when unreadable.
@@ -206,7 +206,7 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
         stored = json.loads(cache_path.read_text())
         # Caches written before the detector was a choice hold MTCNN detections.
         if (stored.get("detect_max_side") == wanted_side
-                and stored.get("detector", "mtcnn") == face_config.detector):
+                and stored.get("detector", "mtcnn") == _box_source(face_config)):
             cache = stored["entries"]
     keys = {p: _file_key(p) for p in paths}
     todo = [p for p in paths if keys[p] not in cache]
@@ -242,8 +242,16 @@ def _write_cache(path: Path, face_config: FaceCropConfig, entries: dict[str, Any
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps({"detect_max_side": face_config.detect_max_side,
-                                     "detector": face_config.detector, "entries": entries}))
+                                     "detector": _box_source(face_config), "entries": entries}))
     os.replace(temporary, path)
+
+
+def _box_source(face_config: FaceCropConfig) -> str:
+    """What drew a cache's boxes: the detector, and for RetinaFace the frame its boxes are in
+    (caches of RetinaFace written before the frame was a choice say "retinaface": not reused)."""
+    if face_config.detector == "retinaface":
+        return f"retinaface/{face_config.retinaface_boxes}"
+    return face_config.detector
 
 
 def _one_thread(_: int) -> None:

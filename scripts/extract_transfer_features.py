@@ -2,7 +2,8 @@
 
 For every labelled image under DATA_ROOT (in a seeded random order, so that a run stopped early
 leaves a uniform sample of every folder), the toolkit's own face crop (cached MTCNN detection,
-the default FaceCropConfig, whole image when no face) is resized to 224 x 224 (bilinear) and fed
+the default FaceCropConfig, whole image when no face; ``--face-detector retinaface`` cuts it around
+RetinaFace's box on MTCNN's frame instead) is resized to 224 x 224 (bilinear) and fed
 to both detectors' inputs:
 - the CLIP ViT-B/16 tower (rebuilt in PyTorch from the INT8 ONNX export, float32): the class
   token after each of its 12 blocks, the post-LayerNorm class token and the projected embedding;
@@ -30,6 +31,7 @@ Usage:
 """
 
 import argparse
+import dataclasses
 import json
 import random
 import time
@@ -68,11 +70,16 @@ def main() -> None:
     parser.add_argument("--groups", help="groups CSV of the split (as deepfake-toolkit train)")
     parser.add_argument("--last-block-tokens", action="store_true",
                         help="store the tokens entering the last block instead of the features")
+    parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn",
+                        help="the detector whose boxes the crops are cut around (RetinaFace's "
+                             "on MTCNN's frame, faces.RETINAFACE_TO_MTCNN); self-blend masks "
+                             "always come from MTCNN's landmarks inside that box")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig()
+    face = dataclasses.replace(config.face, detector=args.face_detector)
     table = find_labelled_images(args.data, read_groups(args.groups) if args.groups else None)
     if args.self_blends:
         # Training-split reals only: the split is drawn on the full table, as training draws it.
@@ -98,14 +105,14 @@ def main() -> None:
         part = table.iloc[start:start + args.chunk]
         # Detected chunk by chunk, in the same random order, so that an early stop still leaves
         # a uniform sample with both detections and features.
-        faces = detect_faces_cached(part.path.tolist(), config.face, cache_file, workers=0,
+        faces = detect_faces_cached(part.path.tolist(), face, cache_file, workers=0,
                                     progress=False)
         crops, rows = [], []
         for row in part.itertuples():
             image = load_image(row.path)
             found = faces.get(row.path) or []
             if not args.self_blends:
-                crops.append(image.crop(crop_window(found[0].box, image.size, config.face))
+                crops.append(image.crop(crop_window(found[0].box, image.size, face))
                              if found else image)
                 rows.append((row.relative, row.label, row.source, bool(found), -1, 0.0))
                 continue
@@ -119,7 +126,7 @@ def main() -> None:
             for k in range(args.self_blends):
                 rng = random.Random(f"{args.seed}/{row.relative}/{k}")
                 crop, share = self_blended_crop(image, found[0].box,
-                                                np.array(landmarks[row.relative]), config.face,
+                                                np.array(landmarks[row.relative]), face,
                                                 rng)
                 crops.append(crop)
                 rows.append((row.relative, 1, row.source, True, k, share))

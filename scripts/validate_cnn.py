@@ -10,13 +10,14 @@ With --into, both results are added to a training record (the JSON `deepfake-too
 writes beside the weights) under "validation_through_pipeline" and "reference_scores".
 
 With --face-detector retinaface it scores the same split with RetinaFace crops instead of the
-MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality).
+MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality),
+its boxes on MTCNN's frame (faces.RETINAFACE_TO_MTCNN) unless --retinaface-boxes raw.
 --model NAME scores another registered model on the same split, with its own face-crop
 settings (the reference scores are the CNN's, and are left out then).
 
 Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json
            [--weights-dir DIR] [--into RECORD.json] [--face-detector mtcnn|retinaface]
-           [--model NAME]
+           [--model NAME] [--retinaface-boxes mtcnn|raw] [--scores SCORES.csv]
 """
 
 import argparse
@@ -43,23 +44,29 @@ REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
 
 def validate(root: str, groups_csv: str, weights_dir: str | None,
-             face_detector: str = "mtcnn", model: str = "cnn") -> dict:
+             face_detector: str = "mtcnn", model: str = "cnn", retinaface_boxes: str = "mtcnn",
+             scores_csv: str | None = None) -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
     detector = load_model(model, weights_dir=weights_dir)
     # The model's own face-crop settings, with only the detector changed.
-    face_config = dataclasses.replace(detector.scoring.face, detector=face_detector)
+    face_config = dataclasses.replace(detector.scoring.face, detector=face_detector,
+                                      retinaface_boxes=retinaface_boxes)
     scored = classify_files(val["path"].tolist(), detector, progress=False,
                             face_config=face_config)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
                      pixels=(scored["width"] * scored["height"]).astype(float).to_numpy())
+    if scores_csv:
+        val.assign(region=scored["region"].to_numpy(), face_box=scored["face_box"].to_numpy()
+                   ).drop(columns=["path"]).to_csv(scores_csv, index=False)
     threshold = detector.spec.threshold
     metrics = folder_metrics(val, threshold, n_bootstrap=200)
     reals = val[val["label"] == 0]
     return {
         "images": len(val), "threshold": threshold, "metrics": metrics,
         "model": model, "face_detector": face_detector,
+        **({"retinaface_boxes": retinaface_boxes} if face_detector == "retinaface" else {}),
         "images_per_second": scored.attrs["images_per_second"],
         "shortcut_check": {
             "auc_of_pixel_count_for_label": roc_auc_score(val["label"], val["pixels"]),
@@ -95,10 +102,14 @@ def main() -> None:
                                               "(default: the project's weights/)")
     parser.add_argument("--into", help="training record to add the results to")
     parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn")
+    parser.add_argument("--retinaface-boxes", choices=["mtcnn", "raw"], default="mtcnn",
+                        help="RetinaFace's boxes on MTCNN's frame (default) or its own")
+    parser.add_argument("--scores", help="also write each image's score and face box to this CSV")
     parser.add_argument("--model", default="cnn", help="registered model to validate (default: "
                                                          "cnn)")
     args = parser.parse_args()
-    record = validate(args.root, args.groups, args.weights_dir, args.face_detector, args.model)
+    record = validate(args.root, args.groups, args.weights_dir, args.face_detector, args.model,
+                      args.retinaface_boxes, args.scores)
     references = reference_scores(args.weights_dir) if args.model == "cnn" else {"scores": {}}
     Path(args.out).write_text(json.dumps({**record, "reference_scores": references},
                                          indent=1, default=float))

@@ -1,6 +1,7 @@
 import pytest
 
-from deepfake_toolkit.faces import Face, FaceCropConfig, FaceCropper, crop_window
+from deepfake_toolkit.faces import (RETINAFACE_TO_MTCNN, Face, FaceCropConfig, FaceCropper,
+                                    crop_window, mtcnn_frame)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,25 @@ def test_retinaface_finds_the_face_mtcnn_finds(cropper, retina, astronaut, no_fa
     config = FaceCropConfig()
     assert _iou(crop_window(faces[0][0].box, astronaut.size, config),
                 crop_window(mtcnn_face.box, astronaut.size, config)) > 0.75
+
+
+def test_retinaface_boxes_move_onto_mtcnn_frame_by_the_fitted_offsets(retina, astronaut):
+    raw = FaceCropper(detector="retinaface", retinaface_boxes="raw").detect([astronaut])[0][0]
+    framed = retina.detect([astronaut])[0][0]
+    x1, y1, x2, y2 = raw.box
+    width, height = x2 - x1, y2 - y1
+    left, top, right, bottom = RETINAFACE_TO_MTCNN
+    # Each edge moves by its own share of the raw box's width (left, right) or height (top, bottom).
+    assert framed.box == pytest.approx((x1 + left * width, y1 + top * height,
+                                        x2 + right * width, y2 + bottom * height), abs=1e-6)
+    assert framed.prob == raw.prob
+    assert mtcnn_frame((10.0, 20.0, 110.0, 220.0), (-0.1, -0.05, 0.2, 0.1)) == pytest.approx(
+        (0.0, 10.0, 130.0, 240.0))
+
+
+def test_retinaface_box_frame_is_validated():
+    with pytest.raises(ValueError, match="retinaface_boxes must be mtcnn or raw"):
+        FaceCropConfig(retinaface_boxes="tight")
 
 
 def test_retinaface_detects_large_frames_downscaled_and_maps_boxes_back(retina, astronaut):

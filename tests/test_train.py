@@ -170,7 +170,13 @@ def test_face_cache_of_one_detector_is_not_used_by_another(tmp_path, astronaut):
     retina = detect_faces_cached([str(path)], FaceCropConfig(detector="retinaface"), cache,
                                  workers=0, progress=False)
     assert retina[str(path)][0].box != (10.0, 20.0, 110.0, 120.0)
-    assert json.loads(cache.read_text())["detector"] == "retinaface"
+    assert json.loads(cache.read_text())["detector"] == "retinaface/mtcnn"
+    # RetinaFace's own boxes are another frame: that cache is not reused for them either.
+    raw = detect_faces_cached([str(path)], FaceCropConfig(detector="retinaface",
+                                                          retinaface_boxes="raw"),
+                              cache, workers=0, progress=False)
+    assert json.loads(cache.read_text())["detector"] == "retinaface/raw"
+    assert raw[str(path)][0].box != retina[str(path)][0].box
 
 
 def test_self_blend_changes_the_face_not_the_border(astronaut):
