@@ -96,7 +96,8 @@ class FaceCropConfig:
         if self.detector not in FACE_DETECTORS:
             raise ValueError(f"detector must be mtcnn or retinaface, not {self.detector!r}")
         if self.retinaface_boxes not in ("mtcnn", "raw"):
-            raise ValueError(f"retinaface_boxes must be mtcnn or raw, not {self.retinaface_boxes!r}")
+            raise ValueError("retinaface_boxes must be mtcnn or raw, not "
+                             f"{self.retinaface_boxes!r}")
         if self.margin < 0:
             raise ValueError("margin must be >= 0")
         if self.select not in ("largest", "probable", "all"):
@@ -149,6 +150,15 @@ def crop_window(
         right, bottom = min(float(width), right), min(float(height), bottom)
     return (int(round(left)), int(round(top)), max(int(round(right)), int(round(left)) + 1),
             max(int(round(bottom)), int(round(top)) + 1))
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes (0 when both are empty)."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def mtcnn_frame(box: tuple[float, float, float, float],

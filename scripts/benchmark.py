@@ -37,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from deepfake_toolkit import FaceCropConfig, FaceCropper, classify_files
+from deepfake_toolkit.faces import box_iou
 from deepfake_toolkit.images import find_images, load_image
 from deepfake_toolkit.models import PRECISIONS, load_model
 from deepfake_toolkit.models.loading import PRECISION_ENV
@@ -194,15 +195,6 @@ STAGE_DETECTORS = {
     "retinaface": FaceCropConfig(detector="retinaface"),
 }
 """The face detectors and settings the stage figures compare."""
-
-
-def box_iou(a, b) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def same_faces(reference: list, other: list) -> tuple[int, int, float, float]:

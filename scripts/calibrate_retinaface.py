@@ -23,19 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepfake_toolkit.faces import FaceCropConfig, FaceCropper, crop_window, mtcnn_frame
+from deepfake_toolkit.faces import (FaceCropConfig, FaceCropper, box_iou, crop_window,
+                                    mtcnn_frame)
 from deepfake_toolkit.images import load_image
 from deepfake_toolkit.train import TrainConfig, find_labelled_images, read_groups, split_by_source
 
 MIN_IOU = 0.3
-
-
-def iou(a, b) -> float:
-    inter_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 _croppers: dict[str, FaceCropper] = {}
@@ -89,7 +82,8 @@ def main() -> None:
         fit = pool.map(detect_both, fit_rows["path"].tolist(), chunksize=8)
         check = pool.map(detect_both, check_rows["path"].tolist(), chunksize=8)
 
-    pairs = [(m, r) for _, m, r in fit if m is not None and r is not None and iou(m, r) >= MIN_IOU]
+    pairs = [(m, r) for _, m, r in fit
+             if m is not None and r is not None and box_iou(m, r) >= MIN_IOU]
     offsets = np.array([offsets_of(m, r) for m, r in pairs])
     fitted = tuple(round(float(v), 4) for v in np.median(offsets, axis=0))
     spread = [[round(float(v), 4) for v in np.percentile(offsets[:, i], [25, 75])]
@@ -103,11 +97,12 @@ def main() -> None:
         entry["images"] += 1
         if (m is None) != (r is None):
             entry["mtcnn_only" if r is None else "retinaface_only"] += 1
-        if m is None or r is None or iou(m, r) < MIN_IOU:
+        if m is None or r is None or box_iou(m, r) < MIN_IOU:
             continue
         reference = crop_window(m, size, crop)
-        entry["raw"].append(iou(reference, crop_window(r, size, crop)))
-        entry["calibrated"].append(iou(reference, crop_window(mtcnn_frame(r, fitted), size, crop)))
+        entry["raw"].append(box_iou(reference, crop_window(r, size, crop)))
+        calibrated = crop_window(mtcnn_frame(r, fitted), size, crop)
+        entry["calibrated"].append(box_iou(reference, calibrated))
     summary = {}
     for folder, entry in sorted(per_folder.items()):
         summary[folder] = {
