@@ -28,7 +28,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
     ``labels``, the label rule (--threshold, --bands). Unset, each is the model's own. ``skip``
     says what --no-face skip does here (None: no --no-face, images without a face are always
     scored whole)."""
-    from .faces import FACE_DETECTORS, NO_FACE_POLICIES
+    from .faces import FACE_DETECTORS, NO_FACE_POLICIES, RETINAFACE_BOX_FRAMES
     from .scoring import HELP
 
     group = parser.add_argument_group(
@@ -53,7 +53,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
                        help=HELP["detect_max_side"])
     group.add_argument("--mtcnn-search", type=_mtcnn_search, metavar="PX|scaled",
                        help=HELP["mtcnn_search"])
-    group.add_argument("--retinaface-boxes", choices=("mtcnn", "raw"),
+    group.add_argument("--retinaface-boxes", choices=RETINAFACE_BOX_FRAMES,
                        help=HELP["retinaface_boxes"])
     if labels:
         group.add_argument("--threshold", type=float, metavar="T", help=HELP["threshold"])

@@ -21,6 +21,8 @@ NoFacePolicy = Literal["whole", "skip"]
 NO_FACE_POLICIES: tuple[str, ...] = ("whole", "skip")
 FaceDetectorName = Literal["mtcnn", "retinaface"]
 FACE_DETECTORS: tuple[str, ...] = ("mtcnn", "retinaface")
+RetinaFaceBoxes = Literal["mtcnn", "raw"]
+RETINAFACE_BOX_FRAMES: tuple[str, ...] = ("mtcnn", "raw")
 
 RETINAFACE_MAX_SIDE = 640
 """RetinaFace looks for faces on a copy at most this many pixels on its longer side: its anchors
@@ -86,7 +88,7 @@ class FaceCropConfig:
     detect_max_side: int | None = 1024
     detector: FaceDetectorName = "mtcnn"
     mtcnn_search: int | Literal["scaled"] = DETECTOR_WINDOW
-    retinaface_boxes: Literal["mtcnn", "raw"] = "mtcnn"
+    retinaface_boxes: RetinaFaceBoxes = "mtcnn"
 
     def __post_init__(self) -> None:
         if self.mtcnn_search != "scaled" and (not isinstance(self.mtcnn_search, int)
@@ -95,7 +97,7 @@ class FaceCropConfig:
                              f"{DETECTOR_WINDOW}, not {self.mtcnn_search!r}")
         if self.detector not in FACE_DETECTORS:
             raise ValueError(f"detector must be mtcnn or retinaface, not {self.detector!r}")
-        if self.retinaface_boxes not in ("mtcnn", "raw"):
+        if self.retinaface_boxes not in RETINAFACE_BOX_FRAMES:
             raise ValueError("retinaface_boxes must be mtcnn or raw, not "
                              f"{self.retinaface_boxes!r}")
         if self.margin < 0:

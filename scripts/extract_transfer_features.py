@@ -44,7 +44,7 @@ from PIL import Image
 from deepfake_toolkit.images import load_image
 from deepfake_toolkit.models import load_model
 from deepfake_toolkit.models.clip import CLIP_MEAN, CLIP_STD, build_tower_from_file
-from deepfake_toolkit.faces import FaceCropper, crop_window
+from deepfake_toolkit.faces import FACE_DETECTORS, FaceCropper, crop_window
 from deepfake_toolkit.self_blend import detect_landmarks, self_blended_crop
 from deepfake_toolkit.train import TrainConfig, detect_faces_cached, find_labelled_images, \
     read_groups, split_by_source
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--groups", help="groups CSV of the split (as deepfake-toolkit train)")
     parser.add_argument("--last-block-tokens", action="store_true",
                         help="store the tokens entering the last block instead of the features")
-    parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn",
+    parser.add_argument("--face-detector", choices=FACE_DETECTORS, default="mtcnn",
                         help="the detector whose boxes the crops are cut around (RetinaFace's "
                              "on MTCNN's frame, faces.RETINAFACE_TO_MTCNN); self-blend masks "
                              "always come from MTCNN's landmarks inside that box")

@@ -31,6 +31,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from deepfake_toolkit import classify_files
+from deepfake_toolkit.faces import RETINAFACE_BOX_FRAMES
 from deepfake_toolkit.models import load_model
 from deepfake_toolkit.train import (
     TrainConfig,
@@ -102,7 +103,7 @@ def main() -> None:
                                               "(default: the project's weights/)")
     parser.add_argument("--into", help="training record to add the results to")
     parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn")
-    parser.add_argument("--retinaface-boxes", choices=["mtcnn", "raw"], default="mtcnn",
+    parser.add_argument("--retinaface-boxes", choices=RETINAFACE_BOX_FRAMES, default="mtcnn",
                         help="RetinaFace's boxes on MTCNN's frame (default) or its own")
     parser.add_argument("--scores", help="also write each image's score and face box to this CSV")
     parser.add_argument("--model", default="cnn", help="registered model to validate (default: "
