@@ -30,7 +30,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from .calibration import choose_threshold
-from .faces import Face, FaceCropConfig, FaceCropper, crop_window
+from .faces import DETECTOR_WINDOW, Face, FaceCropConfig, FaceCropper, crop_window
 from .images import ImageReadError, find_images, load_image
 from .labels import folder_label
 from .metrics import binary_metrics
@@ -192,7 +192,8 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
     Only the detection depends on the cache; crops are cut from the image each time, so changing
     the margin or edge policy needs no new detection. Entries are keyed by path, size and
     modification time; ``min_face_size`` and ``min_prob`` are applied when reading, and a cache
-    made with another ``detector`` (or RetinaFace box frame) or ``detect_max_side`` is not used.
+    made with another ``detector`` (RetinaFace box frame, MTCNN search floor) or
+    ``detect_max_side`` is not used.
 
     Returns:
         For each path, its faces (ordered by ``face_config.select``), or None when unreadable.
@@ -215,8 +216,12 @@ def detect_faces_cached(paths: Sequence[str], face_config: FaceCropConfig,
         current, ours = set(keys.values()), {os.path.abspath(p) for p in paths}
         cache = {key: boxes for key, boxes in cache.items()
                  if key in current or key.rsplit("|", 2)[0] not in ours}
-        # Detect everything MTCNN finds; the size and probability filters apply on reading.
-        cropper = FaceCropper(replace(face_config, min_prob=0.0, min_face_size=0))
+        # Detect everything the detector finds; the size and probability filters apply on
+        # reading. MTCNN's "scaled" search floor is min_face_size itself: that one is kept.
+        lax: dict[str, Any] = {"min_prob": 0.0}
+        if not _search_follows_min_face_size(face_config):
+            lax["min_face_size"] = 0
+        cropper = FaceCropper(replace(face_config, **lax))
         loader = DataLoader(_DetectFiles(todo, cropper), batch_size=None, num_workers=workers,
                             worker_init_fn=_one_thread if workers else None)
         for done, (path, boxes) in enumerate(tqdm(loader, total=len(todo), desc="Detecting faces",
@@ -247,11 +252,20 @@ def _write_cache(path: Path, face_config: FaceCropConfig, entries: dict[str, Any
 
 
 def _box_source(face_config: FaceCropConfig) -> str:
-    """What drew a cache's boxes: the detector, and for RetinaFace the frame its boxes are in
-    (caches of RetinaFace written before the frame was a choice say "retinaface": not reused)."""
+    """What drew a cache's boxes: the detector, for RetinaFace the frame its boxes are in (caches
+    of RetinaFace written before the frame was a choice say "retinaface": not reused), for MTCNN
+    a search floor other than its window ("scaled" with the min_face_size it scales)."""
     if face_config.detector == "retinaface":
         return f"retinaface/{face_config.retinaface_boxes}"
+    if _search_follows_min_face_size(face_config):
+        return f"mtcnn/search=scaled/{face_config.min_face_size}"
+    if face_config.mtcnn_search != DETECTOR_WINDOW:
+        return f"mtcnn/search={face_config.mtcnn_search}"
     return face_config.detector
+
+
+def _search_follows_min_face_size(face_config: FaceCropConfig) -> bool:
+    return face_config.detector == "mtcnn" and face_config.mtcnn_search == "scaled"
 
 
 def _one_thread(_: int) -> None:

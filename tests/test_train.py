@@ -179,6 +179,34 @@ def test_face_cache_of_one_detector_is_not_used_by_another(tmp_path, astronaut):
     assert raw[str(path)][0].box != retina[str(path)][0].box
 
 
+def test_face_cache_keeps_mtcnn_scaled_search_apart_and_searches_as_the_pipeline(tmp_path,
+                                                                                  astronaut):
+    import json
+
+    from deepfake_toolkit.faces import FaceCropper
+    from deepfake_toolkit.images import load_image
+    from deepfake_toolkit.train import detect_faces_cached
+
+    path = tmp_path / "a.jpg"
+    astronaut.save(path, quality=90)
+    cache = tmp_path / "cache.json"
+    default = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0,
+                                  progress=False)[str(path)][0]
+    scaled_config = FaceCropConfig(mtcnn_search="scaled")
+    scaled = detect_faces_cached([str(path)], scaled_config, cache, workers=0,
+                                 progress=False)[str(path)][0]
+    assert json.loads(cache.read_text())["detector"] == "mtcnn/search=scaled/24"
+    # The cache searched as classify does (the floor is min_face_size, not 0), so training crops
+    # are the crops scored; on this photo that box differs from the default search's.
+    expected = FaceCropper(scaled_config).detect([load_image(path)])[0][0]
+    np.testing.assert_allclose(scaled.box, expected.box, atol=1e-3)
+    assert np.abs(np.subtract(scaled.box, default.box)).max() > 1.0
+    # Another min_face_size is another search: not read from that cache.
+    detect_faces_cached([str(path)], FaceCropConfig(mtcnn_search="scaled", min_face_size=40),
+                        cache, workers=0, progress=False)
+    assert json.loads(cache.read_text())["detector"] == "mtcnn/search=scaled/40"
+
+
 def test_self_blend_changes_the_face_not_the_border(astronaut):
     from deepfake_toolkit.self_blend import self_blended_face
 
