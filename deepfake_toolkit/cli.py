@@ -51,7 +51,7 @@ def _add_scoring_options(parser: argparse.ArgumentParser, skip: str | None,
     group.add_argument("--edge", choices=("fit", "pad"), help=HELP["edge"])
     group.add_argument("--detect-max-side", type=int, metavar="PX",
                        help=HELP["detect_max_side"])
-    group.add_argument("--mtcnn-search", type=_mtcnn_search, metavar="PX|scaled",
+    group.add_argument("--mtcnn-search", type=parse_mtcnn_search, metavar="PX|scaled",
                        help=HELP["mtcnn_search"])
     group.add_argument("--retinaface-boxes", choices=RETINAFACE_BOX_FRAMES,
                        help=HELP["retinaface_boxes"])
@@ -65,7 +65,7 @@ FACE_SETTINGS = ("detector", "margin", "square", "min_face_size", "min_prob", "s
 """The face-crop settings the CLI exposes as options (every field of FaceCropConfig)."""
 
 
-def _mtcnn_search(text: str) -> int | str:
+def parse_mtcnn_search(text: str) -> int | str:
     if text == "scaled":
         return text
     try:

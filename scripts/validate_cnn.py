@@ -12,12 +12,15 @@ writes beside the weights) under "validation_through_pipeline" and "reference_sc
 With --face-detector retinaface it scores the same split with RetinaFace crops instead of the
 MTCNN crops the model was trained on (to check that a faster detector keeps the model's quality),
 its boxes on MTCNN's frame (faces.RETINAFACE_TO_MTCNN) unless --retinaface-boxes raw.
+--detect-max-side and --mtcnn-search score it with another MTCNN detection size or search floor
+(e.g. 640 and scaled, the faster setting), all other face-crop settings the model's own.
 --model NAME scores another registered model on the same split, with its own face-crop
 settings (the reference scores are the CNN's, and are left out then).
 
 Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json
            [--weights-dir DIR] [--into RECORD.json] [--face-detector mtcnn|retinaface]
            [--model NAME] [--retinaface-boxes mtcnn|raw] [--scores SCORES.csv]
+           [--detect-max-side PX] [--mtcnn-search PX|scaled]
 """
 
 import argparse
@@ -31,7 +34,8 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from deepfake_toolkit import classify_files
-from deepfake_toolkit.faces import RETINAFACE_BOX_FRAMES
+from deepfake_toolkit.cli import parse_mtcnn_search
+from deepfake_toolkit.faces import FACE_DETECTORS, RETINAFACE_BOX_FRAMES
 from deepfake_toolkit.models import load_model
 from deepfake_toolkit.train import (
     TrainConfig,
@@ -46,14 +50,15 @@ REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
 def validate(root: str, groups_csv: str, weights_dir: str | None,
              face_detector: str = "mtcnn", model: str = "cnn", retinaface_boxes: str = "mtcnn",
-             scores_csv: str | None = None) -> dict:
+             scores_csv: str | None = None, **detection: int | str | None) -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
     detector = load_model(model, weights_dir=weights_dir)
-    # The model's own face-crop settings, with only the detector changed.
+    # The model's own face-crop settings, with only the detector (and the MTCNN detection size
+    # and search floor given in ``detection``) changed.
     face_config = dataclasses.replace(detector.scoring.face, detector=face_detector,
-                                      retinaface_boxes=retinaface_boxes)
+                                      retinaface_boxes=retinaface_boxes, **detection)
     scored = classify_files(val["path"].tolist(), detector, progress=False,
                             face_config=face_config)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
@@ -68,6 +73,7 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
         "images": len(val), "threshold": threshold, "metrics": metrics,
         "model": model, "face_detector": face_detector,
         **({"retinaface_boxes": retinaface_boxes} if face_detector == "retinaface" else {}),
+        "face_crop": dataclasses.asdict(face_config),
         "images_per_second": scored.attrs["images_per_second"],
         "shortcut_check": {
             "auc_of_pixel_count_for_label": roc_auc_score(val["label"], val["pixels"]),
@@ -102,15 +108,22 @@ def main() -> None:
     parser.add_argument("--weights-dir", help="folder holding the weights to validate "
                                               "(default: the project's weights/)")
     parser.add_argument("--into", help="training record to add the results to")
-    parser.add_argument("--face-detector", choices=["mtcnn", "retinaface"], default="mtcnn")
+    parser.add_argument("--face-detector", choices=FACE_DETECTORS, default="mtcnn")
     parser.add_argument("--retinaface-boxes", choices=RETINAFACE_BOX_FRAMES, default="mtcnn",
                         help="RetinaFace's boxes on MTCNN's frame (default) or its own")
     parser.add_argument("--scores", help="also write each image's score and face box to this CSV")
     parser.add_argument("--model", default="cnn", help="registered model to validate (default: "
                                                          "cnn)")
+    parser.add_argument("--detect-max-side", type=int, metavar="PX",
+                        help="MTCNN/RetinaFace detection size (default: the model's)")
+    parser.add_argument("--mtcnn-search", type=parse_mtcnn_search, metavar="PX|scaled",
+                        help="smallest face MTCNN searches for (default: the model's)")
     args = parser.parse_args()
+    detection = {key: value for key, value in (("detect_max_side", args.detect_max_side),
+                                               ("mtcnn_search", args.mtcnn_search))
+                 if value is not None}
     record = validate(args.root, args.groups, args.weights_dir, args.face_detector, args.model,
-                      args.retinaface_boxes, args.scores)
+                      args.retinaface_boxes, args.scores, **detection)
     references = reference_scores(args.weights_dir) if args.model == "cnn" else {"scores": {}}
     Path(args.out).write_text(json.dumps({**record, "reference_scores": references},
                                          indent=1, default=float))
