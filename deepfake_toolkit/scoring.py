@@ -47,9 +47,9 @@ HELP: dict[str, str] = {
     "edge": "a crop running past the image edge: shrink the margin to fit, or pad with black",
     "detect_max_side": "downscale larger images to this many pixels for detection only (0: "
                        "never)",
-    "mtcnn_search": "smallest face MTCNN searches for, in pixels of the image it looks at (12, "
-                    "its window, finds every face it can), or 'scaled': min_face_size scaled to "
-                    "that image, which skips the slowest pyramid levels",
+    "mtcnn_search": "smallest face MTCNN searches for, in pixels of the image it looks at: "
+                    "'scaled' (default), min_face_size scaled to that image, which skips the "
+                    "slowest pyramid levels; or 12 (its window) to find every face it can",
     "retinaface_boxes": "RetinaFace's boxes moved onto the frame MTCNN draws around the same "
                         "face (mtcnn, the default: a margin frames a face the same way with either "
                         "detector) or its own, tighter boxes (raw)",

@@ -7,14 +7,15 @@ load moves absolute figures; the ratios are what to compare). Nothing is asserte
    channels-last against the standard layout.
 2. ``classify_files`` with face crop on --limit files spread over --images.
 3. With --stages: on --stage-files face photos at 512 px and the same photos upscaled to
-   1024 px, for each face detector setting (MTCNN as configured by default; MTCNN on a copy
-   at most 640 px searching only for faces min_face_size keeps; RetinaFace when installed):
+   1024 px, for each face detector setting (MTCNN searching down to its 12 px window, the
+   default until 2026-12-03; MTCNN as configured by default, searching only for faces
+   min_face_size keeps; the same on a copy at most 640 px; RetinaFace when installed):
    decoding only; decoding and face detection only (in the pipeline's worker processes, no
    model; on a CUDA device also MTCNN batched on the GPU); the whole pipeline; and a naive loop
    (open one image, detect, crop, score it alone, next). It prints images/s, the ratios whole
    pipeline / detection stage and whole pipeline / naive loop, the peak resident memory of the
    process and its workers together, and how the faces each other setting finds match
-   default MTCNN's (IoU of the boxes).
+   the first setting's (IoU of the boxes).
 
 Usage: python scripts/benchmark.py [--images DIR] [--limit N] [--device cpu|cuda] [--repeats N]
                                    [--stages] [--stage-files N] [--workers N] [--model NAME]
@@ -188,13 +189,17 @@ def _rate(files: list[str], run) -> tuple[float, str]:
 
 
 STAGE_DETECTORS = {
+    # MTCNN searching for faces down to its 12 px window: the default until 2026-12-03.
+    "mtcnn-search12": FaceCropConfig(detector="mtcnn", mtcnn_search=12),
+    # The default: MTCNN searching only for faces that min_face_size keeps.
     "mtcnn": FaceCropConfig(detector="mtcnn"),
-    # MTCNN on a copy at most 640 px, searching only for faces that min_face_size keeps.
+    # The same on a copy at most 640 px.
     "mtcnn-640-scaled": FaceCropConfig(detector="mtcnn", detect_max_side=640,
                                        mtcnn_search="scaled"),
     "retinaface": FaceCropConfig(detector="retinaface"),
 }
-"""The face detectors and settings the stage figures compare."""
+"""The face detectors and settings the stage figures compare; the first is the reference the
+others' faces are matched against."""
 
 
 def same_faces(reference: list, other: list) -> tuple[int, int, float, float]:
@@ -302,16 +307,16 @@ def stage_figures(folder: Path, count: int, workers: int, device: str, model: st
                       f"peak {naive_memory}")
                 print(f"{label} pipeline / detection stage {whole_rate / detect_rate:.2f}x, "
                       f"pipeline / naive loop {whole_rate / naive_rate:.2f}x")
-            reference = [FaceCropper(STAGE_DETECTORS["mtcnn"]).detect([load_image(f)])[0]
+            reference = [FaceCropper(STAGE_DETECTORS[names[0]]).detect([load_image(f)])[0]
                          for f in files]
             for name in names[1:]:
                 cropper = FaceCropper(STAGE_DETECTORS[name])
                 found = [cropper.detect([load_image(f)])[0] for f in files]
                 differs, unmatched, mean_iou, min_iou = same_faces(reference, found)
-                print(f"{size:4d} px  {name} against mtcnn: {sum(map(len, reference))} faces, "
+                print(f"{size:4d} px  {name} against {names[0]}: {sum(map(len, reference))} faces, "
                       f"face count differs on {differs} images, {unmatched} faces unmatched "
                       f"(IoU < 0.5), IoU mean {mean_iou:.3f}, min {min_iou:.3f}; whole "
-                      f"pipeline {whole_rates[name] / whole_rates['mtcnn']:.2f}x mtcnn's")
+                      f"pipeline {whole_rates[name] / whole_rates[names[0]]:.2f}x {names[0]}'s")
 
 
 def main() -> None:

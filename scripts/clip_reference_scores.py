@@ -9,6 +9,7 @@ Usage:
     python scripts/clip_reference_scores.py WEIGHTS_DIR   (the tower in a weight folder)
 """
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 from skimage import data
 
+from deepfake_toolkit.models.loading import recorded_policy
 from deepfake_toolkit.pipeline import classify_files
 
 NAMES = ("astronaut", "coffee", "chelsea", "camera")
@@ -39,10 +41,18 @@ def main(weights_dir: str) -> None:
                              for p, s, r in zip(frame["path"], frame["fake_score"],
                                                 frame["region"])}
             print(model, json.dumps(scores[model]))
+    # Each model's own face-crop settings (its weight file's policy), which the scores used.
+    face_crops = {model: dataclasses.asdict(recorded_policy(model, weights_dir).face)
+                  for model in scores}
+    earlier = record.get("reference_scores", {})
     record["reference_scores"] = {
         "note": "scikit-image sample photos saved as PNG, classify_files(face_crop=True, "
-                "no_face='whole') on CPU",
-        "scores": scores}
+                "no_face='whole') on CPU, each model with its own face-crop settings",
+        "face_crop": face_crops, "scores": scores}
+    if earlier.get("scores") and earlier.get("face_crop") != face_crops:
+        # The scores of the settings before, for the record.
+        record["reference_scores"]["earlier"] = {key: value for key, value in earlier.items()
+                                                 if key != "earlier"}
     record_path.write_text(json.dumps(record, indent=1, default=float) + "\n")
 
 

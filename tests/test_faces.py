@@ -34,8 +34,10 @@ def test_batched_detection_matches_single_and_handles_mixed_sizes(cropper, astro
 def test_large_images_are_detected_downscaled_and_boxes_mapped_back(cropper, astronaut):
     big = astronaut.resize((2048, 2048))
     face = cropper.detect([big])[0][0]
-    # Detection ran on the 1024 px version; its boxes come back in 2048 px coordinates.
-    reference = FaceCropper(detect_max_side=None).detect([big.resize((1024, 1024))])[0][0]
+    # Detection ran on the 1024 px version; its boxes come back in 2048 px coordinates. There
+    # the scaled search looks for faces down to 24 * 1024 / 2048 = 12 px, as this reference does.
+    reference = FaceCropper(detect_max_side=None, mtcnn_search=12).detect(
+        [big.resize((1024, 1024))])[0][0]
     assert face.box == pytest.approx([v * 2 for v in reference.box], abs=4)
     assert 600 < face.box[0] < 800
 
@@ -198,13 +200,18 @@ def test_a_missing_detector_package_fails_once_with_what_to_install(monkeypatch,
 
 
 def test_scaled_mtcnn_search_finds_the_same_faces(cropper, astronaut, no_face_image):
-    scaled = FaceCropper(detect_max_side=640, mtcnn_search="scaled")
+    """The default search ("scaled") and the same on a 640 px copy find the faces that a search
+    down to MTCNN's 12 px window finds."""
+    assert cropper.config.mtcnn_search == "scaled"
+    full = FaceCropper(mtcnn_search=12)
+    small = FaceCropper(detect_max_side=640, mtcnn_search="scaled")
     big = astronaut.resize((1024, 1024))
-    reference = cropper.detect([astronaut, no_face_image, big])
-    faces = scaled.detect([astronaut, no_face_image, big])
-    assert [len(f) for f in faces] == [len(f) for f in reference] == [1, 0, 1]
-    assert _iou(faces[0][0].box, reference[0][0].box) > 0.85
-    assert _iou(faces[2][0].box, reference[2][0].box) > 0.85
+    reference = full.detect([astronaut, no_face_image, big])
+    for faces in (cropper.detect([astronaut, no_face_image, big]),
+                  small.detect([astronaut, no_face_image, big])):
+        assert [len(f) for f in faces] == [len(f) for f in reference] == [1, 0, 1]
+        assert _iou(faces[0][0].box, reference[0][0].box) > 0.85
+        assert _iou(faces[2][0].box, reference[2][0].box) > 0.85
     # What min_face_size drops is not searched for: a face smaller than it is still not found.
     assert FaceCropper(min_face_size=200, mtcnn_search="scaled").detect([astronaut]) == [[]]
     with pytest.raises(ValueError, match="mtcnn_search"):

@@ -142,7 +142,7 @@ def test_face_detections_are_cached_and_refreshed_when_a_file_changes(tmp_path, 
     # A cached box is used as it is: altering it in the file shows it was read, not re-detected.
     key = next(iter(entries))
     entries[key][0][:4] = [10.0, 20.0, 110.0, 120.0]
-    cache.write_text(json.dumps({"detect_max_side": 1024, "entries": entries}))
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "entries": entries}))
     again = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
     assert again[str(path)][0].box == (10.0, 20.0, 110.0, 120.0)
     stat = path.stat()
@@ -163,7 +163,7 @@ def test_face_cache_of_one_detector_is_not_used_by_another(tmp_path, astronaut):
     cache = tmp_path / "cache.json"
     detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0, progress=False)
     stored = json.loads(cache.read_text())
-    assert stored["detector"] == "mtcnn"
+    assert stored["detector"] == "mtcnn/search=scaled/24"
     key = next(iter(stored["entries"]))
     stored["entries"][key][0][:4] = [10.0, 20.0, 110.0, 120.0]
     cache.write_text(json.dumps(stored))
@@ -179,8 +179,8 @@ def test_face_cache_of_one_detector_is_not_used_by_another(tmp_path, astronaut):
     assert raw[str(path)][0].box != retina[str(path)][0].box
 
 
-def test_face_cache_keeps_mtcnn_scaled_search_apart_and_searches_as_the_pipeline(tmp_path,
-                                                                                  astronaut):
+def test_face_cache_keeps_mtcnn_searches_apart_and_searches_as_the_pipeline(tmp_path,
+                                                                             astronaut):
     import json
 
     from deepfake_toolkit.faces import FaceCropper
@@ -190,17 +190,18 @@ def test_face_cache_keeps_mtcnn_scaled_search_apart_and_searches_as_the_pipeline
     path = tmp_path / "a.jpg"
     astronaut.save(path, quality=90)
     cache = tmp_path / "cache.json"
-    default = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0,
-                                  progress=False)[str(path)][0]
-    scaled_config = FaceCropConfig(mtcnn_search="scaled")
-    scaled = detect_faces_cached([str(path)], scaled_config, cache, workers=0,
+    full = detect_faces_cached([str(path)], FaceCropConfig(mtcnn_search=12), cache, workers=0,
+                               progress=False)[str(path)][0]
+    # Caches written before the search was a choice say "mtcnn": they searched down to 12 px.
+    assert json.loads(cache.read_text())["detector"] == "mtcnn"
+    scaled = detect_faces_cached([str(path)], FaceCropConfig(), cache, workers=0,
                                  progress=False)[str(path)][0]
     assert json.loads(cache.read_text())["detector"] == "mtcnn/search=scaled/24"
     # The cache searched as classify does (the floor is min_face_size, not 0), so training crops
-    # are the crops scored; on this photo that box differs from the default search's.
-    expected = FaceCropper(scaled_config).detect([load_image(path)])[0][0]
+    # are the crops scored; on this photo that box differs from the 12 px search's.
+    expected = FaceCropper().detect([load_image(path)])[0][0]
     np.testing.assert_allclose(scaled.box, expected.box, atol=1e-3)
-    assert np.abs(np.subtract(scaled.box, default.box)).max() > 1.0
+    assert np.abs(np.subtract(scaled.box, full.box)).max() > 1.0
     # Another min_face_size is another search: not read from that cache.
     detect_faces_cached([str(path)], FaceCropConfig(mtcnn_search="scaled", min_face_size=40),
                         cache, workers=0, progress=False)
