@@ -14,13 +14,15 @@ MTCNN crops the model was trained on (to check that a faster detector keeps the 
 its boxes on MTCNN's frame (faces.RETINAFACE_TO_MTCNN) unless --retinaface-boxes raw.
 --detect-max-side and --mtcnn-search score it with another MTCNN detection size or search floor
 (e.g. 640 and scaled, the faster setting), all other face-crop settings the model's own.
+--upscale PX scores the images resized to PX on their longer side (the split's photos are at most
+512 px, so a detection size only acts on them that way), --sample N a seeded sample of them.
 --model NAME scores another registered model on the same split, with its own face-crop
 settings (the reference scores are the CNN's, and are left out then).
 
 Usage: python scripts/validate_cnn.py DATA_ROOT GROUPS.csv OUT.json
            [--weights-dir DIR] [--into RECORD.json] [--face-detector mtcnn|retinaface]
            [--model NAME] [--retinaface-boxes mtcnn|raw] [--scores SCORES.csv]
-           [--detect-max-side PX] [--mtcnn-search PX|scaled]
+           [--detect-max-side PX] [--mtcnn-search PX|scaled] [--sample N] [--upscale PX]
 """
 
 import argparse
@@ -50,17 +52,24 @@ REFERENCE_IMAGES = ("astronaut", "coffee", "chelsea", "camera")
 
 def validate(root: str, groups_csv: str, weights_dir: str | None,
              face_detector: str = "mtcnn", model: str = "cnn", retinaface_boxes: str = "mtcnn",
-             scores_csv: str | None = None, **detection: int | str | None) -> dict:
+             scores_csv: str | None = None, sample: int | None = None,
+             upscale: int | None = None, **detection: int | str | None) -> dict:
     config = TrainConfig()
     table = find_labelled_images(root, read_groups(groups_csv))
     val = table[split_by_source(table, config.val_fraction, config.seed)].reset_index(drop=True)
+    if sample is not None and sample < len(val):
+        val = val.sample(n=sample, random_state=config.seed).sort_index().reset_index(drop=True)
     detector = load_model(model, weights_dir=weights_dir)
     # The model's own face-crop settings, with only the detector (and the MTCNN detection size
     # and search floor given in ``detection``) changed.
     face_config = dataclasses.replace(detector.scoring.face, detector=face_detector,
                                       retinaface_boxes=retinaface_boxes, **detection)
-    scored = classify_files(val["path"].tolist(), detector, progress=False,
-                            face_config=face_config)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = val["path"].tolist()
+        if upscale:
+            paths = [_upscaled(path, Path(scratch) / f"{index:05d}.png", upscale)
+                     for index, path in enumerate(paths)]
+        scored = classify_files(paths, detector, progress=False, face_config=face_config)
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
                      pixels=(scored["width"] * scored["height"]).astype(float).to_numpy())
     if scores_csv:
@@ -71,6 +80,7 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
     reals = val[val["label"] == 0]
     return {
         "images": len(val), "threshold": threshold, "metrics": metrics,
+        **({"upscaled_to": upscale} if upscale else {}),
         "model": model, "face_detector": face_detector,
         **({"retinaface_boxes": retinaface_boxes} if face_detector == "retinaface" else {}),
         "face_crop": dataclasses.asdict(face_config),
@@ -82,6 +92,17 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
             "corr_log_pixels_vs_score_reals_only": float(np.corrcoef(
                 np.log(reals["pixels"]), reals["fake_score"])[0, 1])},
     }
+
+
+def _upscaled(path: str, out: Path, side: int) -> str:
+    """The image at ``path`` resized (Lanczos) so that its longer side is ``side`` pixels, saved
+    losslessly at ``out``."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = side / max(image.size)
+        image.resize((round(image.width * scale), round(image.height * scale)),
+                     Image.Resampling.LANCZOS).save(out)
+    return str(out)
 
 
 def reference_scores(weights_dir: str | None) -> dict:
@@ -118,12 +139,18 @@ def main() -> None:
                         help="MTCNN/RetinaFace detection size (default: the model's)")
     parser.add_argument("--mtcnn-search", type=parse_mtcnn_search, metavar="PX|scaled",
                         help="smallest face MTCNN searches for (default: the model's)")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help="score a seeded random sample of N validation images")
+    parser.add_argument("--upscale", type=int, metavar="PX",
+                        help="score the images resized so that their longer side is PX (for "
+                             "settings that act only on large photos, e.g. --detect-max-side)")
     args = parser.parse_args()
     detection = {key: value for key, value in (("detect_max_side", args.detect_max_side),
                                                ("mtcnn_search", args.mtcnn_search))
                  if value is not None}
     record = validate(args.root, args.groups, args.weights_dir, args.face_detector, args.model,
-                      args.retinaface_boxes, args.scores, **detection)
+                      args.retinaface_boxes, args.scores, args.sample, args.upscale,
+                      **detection)
     references = reference_scores(args.weights_dir) if args.model == "cnn" else {"scores": {}}
     Path(args.out).write_text(json.dumps({**record, "reference_scores": references},
                                          indent=1, default=float))
