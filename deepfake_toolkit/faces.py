@@ -72,7 +72,7 @@ class FaceCropConfig:
             (after the ``detect_max_side`` downscale): "scaled" (the default) for
             ``min_face_size`` scaled to that image (at least 12): faces smaller than that are
             dropped anyway, and not searching for them skips the largest, slowest levels of
-            MTCNN's image pyramid (1.5x faster detection at 512 px); or an int (at least 12,
+            MTCNN's image pyramid (1.5-2.9x faster detection at 512 px); or an int (at least 12,
             its network window; 12, the default until 2026-12-03 and the crops the shipped
             models were trained on, searches for every face it can find).
         retinaface_boxes: "mtcnn" (RetinaFace's boxes moved onto the frame MTCNN draws around
