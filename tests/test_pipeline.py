@@ -94,7 +94,9 @@ def test_every_face_mode_scores_each_face_and_keeps_the_highest(detector, astron
                            face_config=FaceCropConfig(select="all"))
     assert frame["n_faces"][0] == 2
     single = classify_files([tmp_path / "two.png"], detector, progress=False)
-    assert frame["fake_score"][0] >= single["fake_score"][0] - 1e-9
+    # The largest face is one of the faces scored; float32 scores of a crop in a batch of two and
+    # alone may differ in the last bits (measured 6e-8), hence the tolerance.
+    assert frame["fake_score"][0] >= single["fake_score"][0] - 1e-6
 
 
 def test_threshold_and_bands_labels(detector, astronaut, tmp_path):
