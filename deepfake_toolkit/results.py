@@ -390,7 +390,8 @@ def _no_box(box: Any) -> bool:
     return box is None or (pd.api.types.is_scalar(box) and pd.isna(box))
 
 
-def _box_to_text(box: Any) -> str:
+def box_to_text(box: Any) -> str:
+    """A face_box cell as the CSV writes it: a JSON list of four numbers (one decimal), or ""."""
     if _no_box(box):
         return ""
     return json.dumps([round(float(v), 1) for v in box])
@@ -408,7 +409,9 @@ def _box_from_arrow(box: Any) -> tuple[float, ...] | None:
     return tuple(float(v) for v in box)
 
 
-def _box_from_text(text: Any) -> tuple[float, ...] | None:
+def box_from_text(text: Any) -> tuple[float, ...] | None:
+    """A face_box cell read back from :func:`box_to_text`'s text (None for "" or a non-string
+    such as pandas' NaN)."""
     if not isinstance(text, str) or not text.strip():
         return None
     return tuple(float(v) for v in json.loads(text))
@@ -487,7 +490,7 @@ def csv_cells(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     for column in out.columns:
         if column == "face_box":
-            out[column] = out[column].map(_box_to_text)
+            out[column] = out[column].map(box_to_text)
         elif _is_text(out[column]):
             out[column] = text_series((_neutralise(v) if isinstance(v, str) else v
                                        for v in out[column]), out.index)
@@ -586,7 +589,7 @@ def read_csv(path: str | os.PathLike[str], text_columns: Iterable[str] = ()) -> 
             frame[column] = text_series((_restore(v) if isinstance(v, str) else v
                                          for v in frame[column]), frame.index)
     if "face_box" in frame:
-        frame["face_box"] = frame["face_box"].map(_box_from_text).astype(object)
+        frame["face_box"] = frame["face_box"].map(box_from_text).astype(object)
     for column in _BOOL_COLUMNS:
         if column in frame:
             frame[column] = frame[column].map(

@@ -16,7 +16,6 @@ Usage: python scripts/compare_scores.py A.csv B.csv --threshold T [--out OUT.jso
 """
 
 import argparse
-import ast
 import json
 
 import numpy as np
@@ -24,16 +23,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from deepfake_toolkit.faces import box_iou
-
-
-def _box(text: object) -> tuple[float, ...] | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        box = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
-    return tuple(float(v) for v in box) if isinstance(box, tuple) and len(box) == 4 else None
+from deepfake_toolkit.results import box_from_text
 
 
 def compare(a: pd.DataFrame, b: pd.DataFrame, threshold: float, n_bootstrap: int = 1000,
@@ -44,7 +34,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, threshold: float, n_bootstrap: int
     moved = (b["fake_score"] - a["fake_score"]).abs()
     flipped = (a["fake_score"] >= threshold) != (b["fake_score"] >= threshold)
     ious = pd.Series([box_iou(p, q) if p and q else np.nan
-                      for p, q in zip(map(_box, a["face_box"]), map(_box, b["face_box"]))])
+                      for p, q in zip(map(box_from_text, a["face_box"]),
+                                      map(box_from_text, b["face_box"]))])
     folders = {}
     for source, rows in a.groupby("source"):
         entry = {"images": len(rows), "flips": int(flipped[rows.index].sum()),

@@ -39,6 +39,7 @@ from deepfake_toolkit import classify_files
 from deepfake_toolkit.cli import parse_mtcnn_search
 from deepfake_toolkit.faces import FACE_DETECTORS, RETINAFACE_BOX_FRAMES
 from deepfake_toolkit.models import load_model
+from deepfake_toolkit.results import box_to_text
 from deepfake_toolkit.train import (
     TrainConfig,
     find_labelled_images,
@@ -73,7 +74,8 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
     val = val.assign(fake_score=scored["fake_score"].to_numpy(),
                      pixels=(scored["width"] * scored["height"]).astype(float).to_numpy())
     if scores_csv:
-        val.assign(region=scored["region"].to_numpy(), face_box=scored["face_box"].to_numpy()
+        val.assign(region=scored["region"].to_numpy(),
+                   face_box=scored["face_box"].map(box_to_text).to_numpy()
                    ).drop(columns=["path"]).to_csv(scores_csv, index=False)
     threshold = detector.spec.threshold
     metrics = folder_metrics(val, threshold, n_bootstrap=200)
@@ -82,7 +84,6 @@ def validate(root: str, groups_csv: str, weights_dir: str | None,
         "images": len(val), "threshold": threshold, "metrics": metrics,
         **({"upscaled_to": upscale} if upscale else {}),
         "model": model, "face_detector": face_detector,
-        **({"retinaface_boxes": retinaface_boxes} if face_detector == "retinaface" else {}),
         "face_crop": dataclasses.asdict(face_config),
         "images_per_second": scored.attrs["images_per_second"],
         "shortcut_check": {
@@ -132,7 +133,8 @@ def main() -> None:
     parser.add_argument("--face-detector", choices=FACE_DETECTORS, default="mtcnn")
     parser.add_argument("--retinaface-boxes", choices=RETINAFACE_BOX_FRAMES, default="mtcnn",
                         help="RetinaFace's boxes on MTCNN's frame (default) or its own")
-    parser.add_argument("--scores", help="also write each image's score and face box to this CSV")
+    parser.add_argument("--scores", help="also write each image's score and face box to this CSV "
+                                          "(the box as classify's CSV writes it)")
     parser.add_argument("--model", default="cnn", help="registered model to validate (default: "
                                                          "cnn)")
     parser.add_argument("--detect-max-side", type=int, metavar="PX",

@@ -27,10 +27,10 @@ def _scores(scores: list[float], boxes: list[str | float]) -> pd.DataFrame:
 
 
 def test_compare_counts_flips_auc_change_and_box_overlap(tmp_path):
-    boxes_a = ["(0.0, 0.0, 10.0, 10.0)"] * 5 + [float("nan")]
+    boxes_a = ["[0.0, 0.0, 10.0, 10.0]"] * 5 + [float("nan")]
     # The second scoring moves image 0's box right by 5 px (IoU 50 / 150 = 1/3) and finds a
     # face in image 5, which had none.
-    boxes_b = ["(5.0, 0.0, 15.0, 10.0)"] + ["(0.0, 0.0, 10.0, 10.0)"] * 5
+    boxes_b = ["[5.0, 0.0, 15.0, 10.0]"] + ["[0.0, 0.0, 10.0, 10.0]"] * 5
     a = _scores([0.1, 0.2, 0.6, 0.4, 0.8, 0.9], boxes_a)
     # Image 2 (a real) drops below the threshold 0.5, image 3 (a fake) rises above it.
     b = _scores([0.1, 0.2, 0.3, 0.7, 0.8, 0.9], boxes_b)
@@ -61,7 +61,7 @@ def test_compare_refuses_scorings_of_other_images(tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     from compare_scores import compare
 
-    a = _scores([0.1] * 6, ["(0, 0, 1, 1)"] * 6)
+    a = _scores([0.1] * 6, ["[0, 0, 1, 1]"] * 6)
     b = a.assign(relative=a["relative"][::-1].to_numpy())
     with pytest.raises(ValueError, match="same images"):
         compare(a, b, 0.5)
